@@ -1,0 +1,62 @@
+"""Experiment loggers from config; W&B falls back to offline mode by itself."""
+
+import netrc
+import os
+import socket
+from urllib.parse import urlparse
+
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
+
+
+def wandb_host() -> str:
+    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+
+
+def has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(wandb_host()) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_offline_reason() -> str | None:
+    """Why W&B must run offline (no key, no network), or None when it can go online."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "dryrun", "disabled"):
+        return None  # the user chose; wandb.init honours WANDB_MODE itself
+    if not has_wandb_key():
+        return "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
+    if not reachable(wandb_host()):
+        return f"{wandb_host()} cannot be reached"
+    return None
+
+
+def make_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
+    """Instantiate every logger in the `logger` group, switching W&B offline when it must."""
+    loggers = []
+    for cfg in (logger_cfg or {}).values():
+        if cfg.get("_target_") == WANDB_TARGET and not cfg.get("offline", False):
+            reason = wandb_offline_reason()
+            if reason:
+                cfg = OmegaConf.merge(cfg, {"offline": True, "log_model": False})
+                rank_zero_info(
+                    f"W&B offline: {reason}; run files go to {cfg.save_dir}/wandb "
+                    "(upload later with `wandb sync`)"
+                )
+        loggers.append(instantiate(cfg))
+    return loggers

@@ -1,0 +1,86 @@
+"""Strided-convolution encoder and transposed-convolution decoder (Burgess et al. 2018 style).
+
+Each 4x4 convolution with stride 2 halves the side; the encoder halves while the side is even and
+above 4, so 28 -> 14 -> 7, 32 -> 16 -> 8 -> 4 and 64 -> 32 -> 16 -> 8 -> 4. The decoder mirrors it.
+"""
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from vaelab.errors import ConfigError
+from vaelab.nets.mlp import make_activation, mlp
+
+
+def conv_depth(height: int, width: int) -> int:
+    """How many stride-2 layers an image of this size takes (ConfigError when it cannot)."""
+    if height != width or height % 4 != 0 or height < 8:
+        raise ConfigError(
+            f"conv nets need square images whose side is a multiple of 4 (28, 32, 64, ...), "
+            f"got {height}x{width}: use model=mlp_vae or resize the data (data.image_size)"
+        )
+    depth, side = 0, height
+    while side % 2 == 0 and side > 4:
+        side //= 2
+        depth += 1
+    return depth
+
+
+class ConvEncoder(nn.Module):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        out_features: int,
+        channels: int = 32,
+        hidden_dim: int = 256,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        in_channels, height, width = input_shape
+        depth = conv_depth(height, width)
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 4, 2, 1)]
+            layers += [make_activation(activation)]
+        side = height >> depth
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Sequential(
+            mlp([channels * side * side, hidden_dim, hidden_dim], activation),
+            make_activation(activation),
+            nn.Linear(hidden_dim, out_features),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.conv(x))
+
+
+class ConvDecoder(nn.Module):
+    def __init__(
+        self,
+        latent_dim: int,
+        output_shape: Sequence[int],
+        channels: int = 32,
+        hidden_dim: int = 256,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        out_channels, height, width = output_shape
+        depth = conv_depth(height, width)
+        side = height >> depth
+        self.head = nn.Sequential(
+            mlp([latent_dim, hidden_dim, hidden_dim, channels * side * side], activation),
+            make_activation(activation),
+            nn.Unflatten(-1, (channels, side, side)),
+        )
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            last = i == depth - 1
+            layers += [nn.ConvTranspose2d(channels, out_channels if last else channels, 4, 2, 1)]
+            if not last:
+                layers += [make_activation(activation)]
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        batch_shape = z.shape[:-1]
+        out = self.deconv(self.head(z.reshape(-1, z.shape[-1])))
+        return out.reshape(*batch_shape, *out.shape[1:])

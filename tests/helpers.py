@@ -1,0 +1,47 @@
+"""Test helpers: the real config composed into tmp folders, tiny datasets in real file formats."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
+    """The real root config with outputs in tmp_path (no Hydra run needed)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={tmp_path}",
+                f"paths.data_dir={tmp_path / 'data'}",
+                "logger=none",
+                *overrides,
+            ],
+        )
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """An IDX file as in the MNIST distribution: magic (dtype 0x08, ndim), sizes, big-endian."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+def write_tiny_mnist(root: Path, folder: str = "MNIST", train: int = 40, test: int = 20) -> dict:
+    """Random 28x28 images and labels in MNIST's four raw IDX files under root/folder/raw."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, test),
+    }
+    for name, array in arrays.items():
+        write_idx(root / folder / "raw" / name, array)
+    return arrays

@@ -1,0 +1,220 @@
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import ROOT, make_cfg, write_tiny_mnist
+from PIL import Image
+from torchvision import datasets
+
+from vaelab.errors import ConfigError
+from vaelab.loggers import make_loggers, wandb_offline_reason
+from vaelab.train import finish_wandb, train
+
+TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
+PICTURES = ("samples", "reconstructions", "interpolations", "traversals")
+
+
+def tiny_cifar(root: Path, monkeypatch) -> list[str]:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list("0123456789")}))
+    monkeypatch.setattr(datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    return [
+        "data=cifar10",
+        f"data.root={root}",
+        "data.download=false",
+        "data.val_size=4",
+        "data.batch_size=8",
+        "model/likelihood=gaussian",
+    ]
+
+
+def data_overrides(kind: str, tmp_path: Path, monkeypatch) -> list[str]:
+    if kind == "sprites64":
+        return TINY_SPRITES
+    if kind == "mnist28":
+        write_tiny_mnist(tmp_path / "mnist")
+        return [
+            "data=mnist",
+            f"data.root={tmp_path / 'mnist'}",
+            "data.download=false",
+            "data.val_size=10",
+            "data.batch_size=8",
+        ]
+    return tiny_cifar(tmp_path / "cifar", monkeypatch)
+
+
+def read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("data", ["sprites64", "mnist28", "cifar32x3"])
+@pytest.mark.parametrize("model", ["mlp_vae", "conv_vae", "ae", "linear_ae"])
+def test_every_model_on_every_data_shape(model, data, tmp_path, monkeypatch):
+    cfg = make_cfg(
+        tmp_path, [f"model={model}", "debug=fdr", *data_overrides(data, tmp_path, monkeypatch)]
+    )
+    metrics = train(cfg)
+    for stage in ("val", "test"):
+        assert math.isfinite(metrics[f"{stage}/elbo"])
+        assert metrics[f"{stage}/elbo"] == pytest.approx(
+            metrics[f"{stage}/reconstruction"] - metrics[f"{stage}/kl"], rel=1e-4, abs=1e-3
+        )
+    if model in ("ae", "linear_ae"):
+        assert metrics["test/kl"] == 0
+    else:
+        assert metrics["test/kl"] > 0
+    channels, side = {"sprites64": (1, 64), "mnist28": (1, 28), "cifar32x3": (3, 32)}[data]
+    dims = channels * side * side
+    assert metrics["test/bits_per_dim"] == pytest.approx(
+        -metrics["test/elbo"] / (dims * math.log(2)), rel=1e-4
+    )
+    with Image.open(tmp_path / "images" / "samples.png") as samples:
+        assert samples.size == (2 + 8 * (side + 2), 2 + 8 * (side + 2))  # 64 samples, 8 a row
+
+
+def test_short_run_writes_the_run_folder_and_resumes(tmp_path):
+    cfg = make_cfg(tmp_path, [*TINY_SPRITES, "debug=limit", "model.latent_dim=3"])
+    metrics = train(cfg)
+    saved = read_metrics(tmp_path)
+    assert saved["global_step"] == 10 == metrics["global_step"]
+    assert saved["test/elbo"] == pytest.approx(metrics["test/elbo"])
+    assert {"val/elbo", "val/kl", "val/reconstruction", "val/bits_per_dim", "test/elbo"} <= set(
+        saved
+    )
+    assert (tmp_path / "config.yaml").read_text().count("latent_dim: 3") == 1
+    checkpoints = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2
+    assert Path(saved["best_checkpoint"]).name in checkpoints
+    for name in PICTURES:
+        for prefix in ("", "test_"):
+            assert (tmp_path / "images" / f"{prefix}{name}.png").stat().st_size > 100
+    with Image.open(tmp_path / "images" / "traversals.png") as traversals:
+        assert traversals.size == (2 + 10 * 66, 2 + 3 * 66)  # one row per latent dimension
+    # the checkpoint loads with weights_only=True and holds what resuming needs
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (
+        last["global_step"] == 10
+        and last["optimizer_states"]
+        and last["hyper_parameters"]["latent_dim"] == 3
+    )
+    resumed_dir = tmp_path / "resumed"
+    resumed = make_cfg(
+        resumed_dir,
+        [
+            *TINY_SPRITES,
+            "debug=limit",
+            "model.latent_dim=3",
+            "trainer.max_epochs=3",
+            f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+        ],
+    )
+    assert train(resumed)["global_step"] == 15  # 2 epochs done, one more of 5 batches
+
+
+def test_wandb_offline_run_writes_its_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(tmp_path, [*TINY_SPRITES, "debug=limit", "trainer.max_epochs=1", "logger=wandb"])
+    train(cfg)
+    finish_wandb()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = {
+        p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images" / "images").iterdir()
+    }
+    assert set(PICTURES) <= logged
+    # offline, W&B keeps config and history in its binary log (what `wandb sync` uploads)
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"test/elbo", b"val/kl", b"train/loss", b"latent_dim", b"SpritesDataModule"):
+        assert key in record
+
+
+def test_wandb_goes_offline_by_itself_without_a_key(tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert "no W&B API key" in wandb_offline_reason()
+    cfg = make_cfg(tmp_path, ["logger=wandb"])
+    (logger,) = make_loggers(cfg.logger)
+    assert logger._offline and logger._log_model is False
+
+
+def test_bernoulli_on_grey_levels_is_refused(tmp_path, monkeypatch):
+    overrides = tiny_cifar(tmp_path / "cifar", monkeypatch)[:-1]  # keep the Bernoulli default
+    with pytest.raises(ConfigError, match="binary"):
+        train(make_cfg(tmp_path, [*overrides, "debug=fdr"]))
+
+
+def run_cli(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path}", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_cli_run_makes_one_run_folder(tmp_path):
+    result = run_cli(tmp_path, *TINY_SPRITES, "debug=limit", "trainer.max_epochs=1", "logger=csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = [p.parent for p in tmp_path.glob("*/*/metrics.json")]
+    assert (run / ".hydra" / "config.yaml").is_file() and (
+        run / "checkpoints" / "last.ckpt"
+    ).is_file()
+    assert (run / "csv" / "metrics.csv").is_file()
+    assert "data" in result.stdout and "model" in result.stdout  # the config tree
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=nope", "Could not find 'model/nope'"),
+        ("model.latent_dim=0", "model.latent_dim must be a positive integer"),
+        ("data=mnist", "MNIST not found"),
+    ],
+)
+def test_cli_user_errors_are_one_line(tmp_path, override, message):
+    result = run_cli(
+        tmp_path, override, "data.download=false" if override == "data=mnist" else "seed=0"
+    )
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_makes_one_run_folder(tmp_path):
+    result = run_cli(
+        tmp_path,
+        *TINY_SPRITES,
+        "debug=limit",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p.parent for p in tmp_path.glob("*/*/metrics.json")]
+    assert len(runs) == 1 and len(list(tmp_path.glob("*/*"))) == 1
+    metrics = read_metrics(runs[0])
+    assert metrics["global_step"] == 5 and math.isfinite(metrics["test/elbo"])
+    assert len(list((runs[0] / "images").glob("*.png"))) == 8  # val and test pictures, once
+    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
