@@ -1,0 +1,1 @@
+"""LightningDataModules, one per dataset family; all share `ImageDataModule`'s batch path."""

@@ -1,0 +1,81 @@
+"""MNIST, Fashion-MNIST and CIFAR-10 through torchvision, held in memory as uint8 tensors.
+
+The official training set is split into train and val by seed (`val_size` images for val); the
+official test set is the test split.
+"""
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision import datasets
+
+from vaelab.data.base import ImageDataModule, InMemoryImages, split_indices
+from vaelab.errors import ConfigError, DatasetNotFoundError
+
+FILES_HINT = {
+    "MNIST": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "FashionMNIST": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    "CIFAR10": "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+}
+
+
+class TorchvisionDataModule(ImageDataModule):
+    dataset_class: type[datasets.VisionDataset]
+
+    def __init__(
+        self, root: str, download: bool = True, val_size: int = 10_000, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        if val_size < 1:
+            raise ConfigError(f"data.val_size must be a positive integer, got {val_size}")
+        self.root = Path(root)
+        self.download = download
+        self.val_size = val_size
+
+    def read(self, train: bool) -> tuple[Tensor, Tensor]:
+        """uint8 images (N, C, H, W) and labels of the official train or test set."""
+        name = self.dataset_class.__name__
+        try:
+            # torchvision prints each mirror it tries; the error below says all that matters
+            with contextlib.redirect_stdout(io.StringIO()):
+                dataset = self.dataset_class(str(self.root), train=train, download=self.download)
+        except (RuntimeError, OSError) as error:
+            tried = "could not be downloaded" if self.download else "data.download=false"
+            raise DatasetNotFoundError(
+                f"{name} not found under {self.root} ({tried}): put {FILES_HINT[name]} "
+                f"under data.root={self.root}, or point data.root at a folder that has them"
+            ) from error
+        images = torch.as_tensor(dataset.data)
+        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+        return images.contiguous(), torch.as_tensor(dataset.targets)
+
+    def load(self) -> dict[str, InMemoryImages]:
+        images, labels = self.read(train=True)
+        if self.val_size >= len(images):
+            raise ConfigError(f"data.val_size={self.val_size} leaves no training images")
+        fraction = self.val_size / len(images)
+        parts = split_indices(len(images), {"val": fraction, "train": 0.0}, self.seed)
+        test_images, test_labels = self.read(train=False)
+        return {
+            "train": InMemoryImages(images[parts["train"]], labels[parts["train"]]),
+            "val": InMemoryImages(images[parts["val"]], labels[parts["val"]]),
+            "test": InMemoryImages(test_images, test_labels),
+        }
+
+
+class MNISTDataModule(TorchvisionDataModule):
+    dataset_class = datasets.MNIST
+    image_shape = (1, 28, 28)
+
+
+class FashionMNISTDataModule(TorchvisionDataModule):
+    dataset_class = datasets.FashionMNIST
+    image_shape = (1, 28, 28)
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    dataset_class = datasets.CIFAR10
+    image_shape = (3, 32, 32)
