@@ -7,6 +7,7 @@ from helpers import write_tiny_mnist
 from torchvision import datasets
 
 from vaelab.data.base import binarize
+from vaelab.data.dsprites import DSpritesDataModule
 from vaelab.data.torchvision_sets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from vaelab.errors import DatasetNotFoundError
 
@@ -90,4 +91,35 @@ def test_cifar10_reads_pickled_batches(tmp_path, monkeypatch):
 def test_missing_dataset_says_where_to_put_the_files(tmp_path):
     data = MNISTDataModule(root=str(tmp_path / "nowhere"), download=False)
     with pytest.raises(DatasetNotFoundError, match=r"MNIST not found .*MNIST/raw"):
+        data.setup()
+
+
+def test_dsprites_reads_the_npz_layout(tmp_path, monkeypatch):
+    """The official file's keys and dtypes, at a size a test can write (the index grid shrunk)."""
+    count = 64
+    monkeypatch.setattr(DSpritesDataModule, "num_items", count)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 2, (count, 64, 64), dtype=np.uint8)
+    latents_classes = np.concatenate(
+        [np.zeros((count, 1), np.int64), rng.integers(0, 6, (count, 5))], axis=1
+    )
+    path = tmp_path / "dsprites.npz"
+    np.savez_compressed(
+        path,
+        imgs=imgs,
+        latents_classes=latents_classes,
+        latents_values=latents_classes.astype(np.float64),
+    )
+    data = DSpritesDataModule(path=str(path), size=40, val_fraction=0.25, test_fraction=0.25)
+    data.setup()
+    assert [len(data.datasets[s]) for s in ("train", "val", "test")] == [20, 10, 10]
+    for split, indices in data.subset().items():
+        dataset = data.datasets[split]
+        assert np.array_equal(dataset.images[:, 0].numpy(), imgs[indices.numpy()] * 255)
+        assert np.array_equal(dataset.labels.numpy(), latents_classes[indices.numpy(), 1:])
+
+
+def test_dsprites_missing_file_says_what_to_do(tmp_path):
+    data = DSpritesDataModule(path=str(tmp_path / "missing.npz"))
+    with pytest.raises(DatasetNotFoundError, match="data.path"):
         data.setup()

@@ -218,3 +218,18 @@ def test_ddp_on_two_cpu_processes_makes_one_run_folder(tmp_path):
     assert metrics["global_step"] == 5 and math.isfinite(metrics["test/elbo"])
     assert len(list((runs[0] / "images").glob("*.png"))) == 8  # val and test pictures, once
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_scheduler_from_the_command_line(tmp_path):
+    scheduler = (
+        "{_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 1, gamma: 0.5}"
+    )
+    cfg = make_cfg(
+        tmp_path,
+        [*TINY_SPRITES, "debug=limit", f"model.scheduler={scheduler}", "model.optimizer.lr=0.01"],
+    )
+    train(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = last["lr_schedulers"]
+    # saved after the second epoch's validation, before that epoch's scheduler step: halved once
+    assert state["_last_lr"] == [pytest.approx(0.005)] and state["step_size"] == 1

@@ -41,9 +41,7 @@ class InMemoryImages(Dataset):
         return self.images[index], self.labels[index]
 
 
-def split_indices(
-    num_items: int, fractions: dict[str, float], seed: int
-) -> dict[str, Tensor]:
+def split_indices(num_items: int, fractions: dict[str, float], seed: int) -> dict[str, Tensor]:
     """A seeded random partition of range(num_items) into named parts of the given fractions."""
     order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
     parts, start = {}, 0
@@ -110,7 +108,8 @@ class ImageDataModule(LightningDataModule):
             for offset, split in enumerate(static):
                 data = datasets[split]
                 assert isinstance(data, InMemoryImages), "binarisation needs in-memory images"
-                datasets[split] = InMemoryImages(binarize(data.images, self.seed + offset), data.labels)
+                images = binarize(data.images, self.seed + offset)
+                datasets[split] = InMemoryImages(images, data.labels)
         self.datasets = datasets
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vaelab.data.base import InMemoryImages
-from vaelab.data.sprites import NUM_SPRITES, SpritesDataModule
+from vaelab.data.sprites import SpritesDataModule
 from vaelab.errors import DatasetNotFoundError
 
 
@@ -22,14 +22,15 @@ class DSpritesDataModule(SpritesDataModule):
         if not self.path.is_file():
             raise DatasetNotFoundError(
                 f"dSprites file not found at data.path={self.path}: download "
-                "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz from github.com/deepmind/dsprites-dataset "
-                "and set data.path to it (or use data=sprites, which needs no file)"
+                "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz (github.com/deepmind/"
+                "dsprites-dataset) and set data.path to it, or use data=sprites (no file needed)"
             )
         with np.load(self.path) as archive:
             images, classes = archive["imgs"], archive["latents_classes"]
-        if images.shape != (NUM_SPRITES, 64, 64):
+        if images.shape != (self.num_items, 64, 64):
             raise DatasetNotFoundError(
-                f"{self.path} holds images of shape {images.shape}, not dSprites' (737280, 64, 64)"
+                f"{self.path} holds images of shape {images.shape}, "
+                f"not dSprites' ({self.num_items}, 64, 64): download the file again"
             )
         splits = {}
         for split, indices in self.subset().items():

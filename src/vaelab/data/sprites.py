@@ -119,7 +119,7 @@ class SpritesDataModule(ImageDataModule):
         super().__init__(**kwargs)
         if size is not None and not 3 <= size <= self.num_items:
             raise ConfigError(f"data.size must be in [3, {self.num_items}] or null, got {size}")
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
             raise ConfigError("data.val_fraction and data.test_fraction must be in (0, 1), sum < 1")
         self.size = size
         self.fractions = {"val": val_fraction, "test": test_fraction, "train": 0.0}
@@ -145,6 +145,8 @@ class SpritesDataModule(ImageDataModule):
 
 
 def render_in_chunks(sprites: Sprites, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    parts = [sprites.__getitems__(list(range(i, min(i + chunk, len(sprites)))))
-             for i in range(0, len(sprites), chunk)]
+    parts = [
+        sprites.__getitems__(list(range(i, min(i + chunk, len(sprites)))))
+        for i in range(0, len(sprites), chunk)
+    ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

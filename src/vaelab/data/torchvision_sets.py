@@ -25,9 +25,7 @@ FILES_HINT = {
 class TorchvisionDataModule(ImageDataModule):
     dataset_class: type[datasets.VisionDataset]
 
-    def __init__(
-        self, root: str, download: bool = True, val_size: int = 10_000, **kwargs
-    ) -> None:
+    def __init__(self, root: str, download: bool = True, val_size: int = 10_000, **kwargs) -> None:
         super().__init__(**kwargs)
         if val_size < 1:
             raise ConfigError(f"data.val_size must be a positive integer, got {val_size}")

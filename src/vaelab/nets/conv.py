@@ -17,7 +17,7 @@ def conv_depth(height: int, width: int) -> int:
     if height != width or height % 4 != 0 or height < 8:
         raise ConfigError(
             f"conv nets need square images whose side is a multiple of 4 (28, 32, 64, ...), "
-            f"got {height}x{width}: use model=mlp_vae or resize the data (data.image_size)"
+            f"got {height}x{width}: use model=mlp_vae for other sizes"
         )
     depth, side = 0, height
     while side % 2 == 0 and side > 4:
