@@ -3,8 +3,11 @@
 import netrc
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_info
@@ -46,10 +49,35 @@ def wandb_offline_reason() -> str | None:
     return None
 
 
-def make_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
+def sweep_identity(log_dir: str) -> dict:
+    """In a multirun: the W&B group (the sweep folder under log_dir), name and tags of a job."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra = HydraConfig.get()
+    sweep_dir = Path(hydra.sweep.dir).resolve()
+    try:
+        group = str(sweep_dir.relative_to(Path(log_dir).resolve()))
+    except ValueError:
+        group = sweep_dir.name
+    overrides = list(hydra.overrides.task)
+    name = ",".join(overrides) or f"job{hydra.job.num}"
+    return {"group": group, "name": name, "tags": [tag[:64] for tag in overrides]}
+
+
+def make_loggers(logger_cfg: DictConfig | None, log_dir: str = "outputs") -> list[Logger]:
     """Instantiate every logger in the `logger` group, switching W&B offline when it must."""
     loggers = []
     for cfg in (logger_cfg or {}).values():
+        if cfg.get("_target_") == WANDB_TARGET:
+            identity = sweep_identity(log_dir)
+            cfg = OmegaConf.merge(
+                cfg,
+                {
+                    "group": cfg.get("group") or identity.get("group"),
+                    "name": cfg.get("name") or identity.get("name"),
+                    "tags": [*(cfg.get("tags") or []), *identity.get("tags", [])],
+                },
+            )
         if cfg.get("_target_") == WANDB_TARGET and not cfg.get("offline", False):
             reason = wandb_offline_reason()
             if reason:

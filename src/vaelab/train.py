@@ -8,12 +8,14 @@ python train.py -m model.kl_weight=1,4                 # a sweep, one run folder
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.config import print_config_tree, save_config
 from vaelab.errors import VaelabError
 from vaelab.loggers import make_loggers
+
+log = logging.getLogger(__name__)
 
 
 def user_error(error: BaseException) -> VaelabError | None:
@@ -56,6 +60,10 @@ def route_lightning_logs() -> None:
         logging.getLogger(name).propagate = True
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; return the final metrics."""
     route_lightning_logs()
@@ -66,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     datamodule, model = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = make_loggers(cfg.get("logger"))
+    loggers = make_loggers(cfg.get("logger"), cfg.paths.log_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -83,23 +91,40 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True):
         metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best)))
     metrics["global_step"] = trainer.global_step
-    write_metrics(output_dir / "metrics.json", {"best_checkpoint": best, **metrics})
+    write_metrics(output_dir / "metrics.json", {"status": "ok", "best_checkpoint": best, **metrics})
     return metrics
 
 
-def run(cfg: DictConfig) -> float | None:
-    """The entry point train.py calls: user errors become one line and exit code 1."""
+def one_line(error: BaseException) -> str:
+    cause = user_error(error) or error
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return text if isinstance(cause, VaelabError) else f"{type(cause).__name__}: {text}"
+
+
+def run(cfg: DictConfig) -> float:
+    """The entry point train.py calls.
+
+    A user error ends a single run with one line on stderr and exit code 1. In a multirun a
+    failed job is recorded in its metrics.json (status "failed" and the reason) and the sweep
+    goes on with the next job.
+    """
     try:
         metrics = train(cfg)
-    except (VaelabError, InstantiationException) as error:
-        cause = user_error(error)
-        if cause is None:
+    except Exception as error:
+        reason = one_line(error)
+        if in_multirun():
+            log.exception(f"job failed: {reason}")
+            write_metrics(
+                Path(cfg.paths.output_dir) / "metrics.json", {"status": "failed", "error": reason}
+            )
+            return math.nan
+        if user_error(error) is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {reason}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         finish_wandb()
-    return metrics.get(cfg.get("optimized_metric", "val/elbo"))
+    return metrics.get(cfg.get("optimized_metric", "val/elbo"), math.nan)
 
 
 def finish_wandb() -> None:
