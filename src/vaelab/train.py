@@ -6,9 +6,11 @@ python train.py trainer.accelerator=cpu trainer.devices=2   # DDP, 2 CPU process
 python train.py -m model.kl_weight=1,4                 # a sweep, one run folder per job
 """
 
+import contextlib
 import json
 import logging
-import math
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -17,21 +19,27 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
 from vaelab.config import print_config_tree, save_config
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.loggers import make_loggers
+from vaelab.preflight import check_devices
 
 log = logging.getLogger(__name__)
 
 
 def user_error(error: BaseException) -> VaelabError | None:
-    """The VaelabError behind an exception (Hydra wraps errors raised while instantiating)."""
+    """The user's mistake behind an exception (Hydra wraps errors raised while instantiating)."""
     while error is not None:
         if isinstance(error, VaelabError):
             return error
+        if isinstance(error, MisconfigurationException):
+            return ConfigError(str(error))
         error = error.__cause__ or error.__context__
     return None
 
@@ -42,6 +50,17 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     model = instantiate(cfg.model, image_shape=datamodule.image_shape, _convert_="all")
     model.likelihood.check_data(datamodule.binary)
     return datamodule, model
+
+
+def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, str | None]:
+    """Everything a bad setting can break, checked before any training, logging or saving."""
+    check_devices(cfg.trainer)
+    datamodule, model = build(cfg)
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.log_dir)
+    if ckpt_path:
+        check_checkpoint(ckpt_path, model)
+    datamodule.setup()  # a missing dataset fails here, before W&B starts
+    return datamodule, model, ckpt_path
 
 
 @rank_zero_only
@@ -69,10 +88,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     route_lightning_logs()
     output_dir = Path(cfg.paths.output_dir)
     print_config_tree(cfg)
-    save_config(cfg, output_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
-    datamodule, model = build(cfg)
+    try:
+        datamodule, model, ckpt_path = prepare(cfg)
+    except Exception as error:
+        if user_error(error) is not None and not in_multirun():
+            discard_run_folder(output_dir)
+        raise
+    save_config(cfg, output_dir / "config.yaml")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = make_loggers(cfg.get("logger"), cfg.paths.log_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -81,7 +105,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         )
@@ -95,21 +119,38 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+@rank_zero_only
+def discard_run_folder(output_dir: Path) -> None:
+    """Remove the folder Hydra made for a run that could not start (only Hydra's files in it)."""
+    if not HydraConfig.initialized() or not output_dir.is_dir():
+        return
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if {path.name for path in output_dir.iterdir()} <= hydra_files:
+        shutil.rmtree(output_dir)
+        with contextlib.suppress(OSError):
+            output_dir.parent.rmdir()  # the date folder, if this run was all it held
+
+
 def one_line(error: BaseException) -> str:
     cause = user_error(error) or error
     text = " ".join(str(cause).split()) or type(cause).__name__
     return text if isinstance(cause, VaelabError) else f"{type(cause).__name__}: {text}"
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | None:
     """The entry point train.py calls.
 
     A user error ends a single run with one line on stderr and exit code 1. In a multirun a
     failed job is recorded in its metrics.json (status "failed" and the reason) and the sweep
-    goes on with the next job.
+    goes on with the next job (returning None, which an Optuna sweeper records as a failed
+    trial).
     """
     try:
         metrics = train(cfg)
+    except SIGTERMException:
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        print(f"stopped by a signal; resume with ckpt_path={last}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
     except Exception as error:
         reason = one_line(error)
         if in_multirun():
@@ -117,19 +158,23 @@ def run(cfg: DictConfig) -> float:
             write_metrics(
                 Path(cfg.paths.output_dir) / "metrics.json", {"status": "failed", "error": reason}
             )
-            return math.nan
+            finish_wandb(failure=reason)
+            return None
         if user_error(error) is None:
             raise
         print(f"error: {reason}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
         finish_wandb()
-    return metrics.get(cfg.get("optimized_metric", "val/elbo"), math.nan)
+    return metrics.get(cfg.get("optimized_metric", "val/elbo"))
 
 
-def finish_wandb() -> None:
-    """Close the W&B run, so the next job of a multirun starts its own."""
+def finish_wandb(failure: str | None = None) -> None:
+    """Close the W&B run (marked failed, with the reason), so the next job starts its own."""
     import wandb
 
-    if wandb.run is not None:
-        wandb.finish()
+    if wandb.run is None:
+        return
+    if failure is not None:
+        wandb.run.summary.update({"status": "failed", "error": failure})
+    wandb.finish(exit_code=1 if failure else 0)

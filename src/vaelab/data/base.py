@@ -7,11 +7,12 @@ Datasets that fit in memory are `InMemoryImages`: a whole batch is one tensor in
 """
 
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.errors import ConfigError
 
@@ -61,6 +62,49 @@ def binarize(images: Tensor, seed: int) -> Tensor:
     return draw.to(torch.uint8).mul_(255)
 
 
+class ShardShuffle(Sampler[int]):
+    """This rank's share of a dataset, in a seeded order per epoch, that can resume mid-epoch.
+
+    Training: a permutation seeded by (seed, epoch), cut to a multiple of world_size so every
+    rank runs the same number of steps, rank r taking every world_size-th index from r.
+    Evaluation: the dataset in order, split the same way without padding, so a metric averaged
+    over ranks weighs every example exactly once. `start(epoch)` says how many of this rank's
+    indices the epoch has already used (non-zero only right after resuming mid-epoch). Lightning
+    must leave the sampler alone: the trainer configs set `use_distributed_sampler: false`.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool,
+        start: Callable[[int], int],
+    ) -> None:
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.seed, self.shuffle, self.start = seed, shuffle, start
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self, epoch: int) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(self.rank, self.size, self.world_size)
+        order = torch.randperm(
+            self.size, generator=torch.Generator().manual_seed(self.seed + epoch)
+        )
+        usable = self.size - self.size % self.world_size
+        return order[self.rank : usable : self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.indices(0))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices(self.epoch)[self.start(self.epoch) :].tolist())
+
+
 class ImageDataModule(LightningDataModule):
     """Base class: subclasses set `image_shape` and `binary`, and build `self.datasets`."""
 
@@ -88,6 +132,8 @@ class ImageDataModule(LightningDataModule):
         self.binarize = binarize
         self.seed = seed
         self.datasets: dict[str, Dataset] = {}
+        self.progress = {"epoch": 0, "batches": 0}  # training batches taken in this epoch
+        self.resume_from: dict[str, int] | None = None
 
     @property
     def binary(self) -> bool:
@@ -114,17 +160,42 @@ class ImageDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        batched = hasattr(dataset, "__getitems__")
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = ShardShuffle(
+            len(dataset),
+            rank,
+            world_size,
+            self.seed,
+            shuffle,
+            start=lambda epoch: self.batches_to_skip(epoch) * batch_size,
+        )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=shuffle and len(sampler) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=keep_batch if batched else None,
+            collate_fn=keep_batch if hasattr(dataset, "__getitems__") else None,
         )
+
+    def batches_to_skip(self, epoch: int) -> int:
+        """After resuming mid-epoch: the batches of `epoch` trained before the checkpoint."""
+        if self.resume_from is None or self.resume_from["epoch"] != epoch:
+            return 0
+        batches, self.resume_from = self.resume_from["batches"], None
+        return batches
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in checkpoints: a run resumed mid-epoch sees the rest of that epoch's batches."""
+        return dict(self.progress)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_from = dict(state)
+        self.progress = dict(state)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -138,8 +209,13 @@ class ImageDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int):
         images, labels = batch
         x = images.float().div_(255)
-        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
-            x = torch.bernoulli(x)
+        if self.trainer is not None and self.trainer.training:
+            epoch = self.trainer.current_epoch
+            if self.progress["epoch"] != epoch:
+                self.progress = {"epoch": epoch, "batches": 0}
+            self.progress["batches"] += 1
+            if self.binarize == "dynamic":
+                x = torch.bernoulli(x)
         return x, labels
 
     def example_images(self, split: str, count: int) -> Tensor:
