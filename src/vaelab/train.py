@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
 from vaelab.config import print_config_tree, save_config
 from vaelab.errors import ConfigError, VaelabError
+from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
 from vaelab.preflight import check_devices
 
@@ -114,6 +115,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(scalars(trainer.validate(model, datamodule=datamodule, ckpt_path=best)))
     if cfg.get("test", True):
         metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best)))
+        if cfg.eval.num_importance_samples > 0:
+            metrics.update(evaluate_after_test(trainer, model, datamodule, cfg.eval))
     metrics["global_step"] = trainer.global_step
     write_metrics(output_dir / "metrics.json", {"status": "ok", "best_checkpoint": best, **metrics})
     return metrics

@@ -9,6 +9,15 @@ Every loss term is per example, in nats (Kingma & Welling 2014, eq. 10; Kingma 2
 
 beta_t rises linearly from 0 to `kl_weight` over `kl_warmup_steps` optimizer steps. With
 `stochastic=False` the module is a plain autoencoder: z = mean, no sampling and no KL.
+
+Two training objectives (`objective`); the logged elbo, reconstruction and kl stay the true ones:
+
+    elbo  loss = -(mean_b reconstruction - beta_t * sum_j max(lambda, mean_b KL_j))
+          KL_j is latent dimension j's KL; lambda = `free_bits` floors it per dimension,
+          averaged over the batch (Kingma et al. 2016, "Improving VI with IAF": free bits);
+          lambda = 0 is the plain (beta-)ELBO.
+    iwae  loss = -mean_b log (1/k) sum_s exp(log p(x|z_s) + beta_t (log p(z_s) - log q(z_s|x))),
+          z_s ~ q(z|x), k = `num_samples` (Burda et al. 2016; beta_t = 1 is their bound L_k).
 """
 
 import math
@@ -24,6 +33,7 @@ from vaelab.likelihoods import Likelihood
 
 TERMS = ("elbo", "reconstruction", "kl", "bits_per_dim")
 STAGES = ("val", "test")
+OBJECTIVES = ("elbo", "iwae")
 
 
 def gaussian_kl(mean: Tensor, log_var: Tensor) -> Tensor:
@@ -34,6 +44,20 @@ def gaussian_kl(mean: Tensor, log_var: Tensor) -> Tensor:
 def reparameterize(mean: Tensor, log_var: Tensor, eps: Tensor) -> Tensor:
     """z = mean + sigma * eps with sigma = exp(log_var / 2): a differentiable draw from q(z|x)."""
     return mean + torch.exp(0.5 * log_var) * eps
+
+
+def log_prior_ratio(z: Tensor, eps: Tensor, log_var: Tensor) -> Tensor:
+    """log p(z) - log q(z|x) for z = mean + sigma * eps, summed over latent dimensions.
+
+    log N(z; 0, I) - log N(z; mean, diag sigma^2) = -sum_j (z_j^2 - eps_j^2 - log sigma_j^2) / 2,
+    since (z - mean) / sigma = eps; the log(2 pi) terms cancel.
+    """
+    return -0.5 * (z.square() - eps.square() - log_var).sum(-1)
+
+
+def iwae_bound(log_weights: Tensor) -> Tensor:
+    """log (1/k) sum_s exp(log_weights[s]) over the leading sample dimension: L_k (Burda et al.)."""
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
 
 
 class VAE(LightningModule):
@@ -48,6 +72,8 @@ class VAE(LightningModule):
         kl_warmup_steps: int = 0,
         num_samples: int = 1,
         stochastic: bool = True,
+        objective: str = "elbo",
+        free_bits: float = 0.0,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ) -> None:
@@ -58,6 +84,15 @@ class VAE(LightningModule):
             raise ConfigError(f"model.kl_weight must be >= 0, got {kl_weight}")
         if num_samples < 1:
             raise ConfigError(f"model.num_samples must be >= 1, got {num_samples}")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"model.objective must be one of {OBJECTIVES}, got {objective!r}")
+        if free_bits < 0:
+            raise ConfigError(f"model.free_bits must be >= 0 nats, got {free_bits}")
+        if objective == "iwae" and (free_bits > 0 or not stochastic):
+            raise ConfigError(
+                "model.objective=iwae needs a stochastic encoder and no free bits (the IWAE bound "
+                "has no separate KL term to floor)"
+            )
         self.image_shape = tuple(int(size) for size in image_shape)
         self.save_hyperparameters(
             {
@@ -67,6 +102,8 @@ class VAE(LightningModule):
                 "kl_warmup_steps": kl_warmup_steps,
                 "num_samples": num_samples,
                 "stochastic": stochastic,
+                "objective": objective,
+                "free_bits": free_bits,
             },
             logger=False,
         )
@@ -75,6 +112,8 @@ class VAE(LightningModule):
         self.kl_warmup_steps = kl_warmup_steps
         self.num_samples = num_samples
         self.stochastic = stochastic
+        self.objective = objective
+        self.free_bits = free_bits
         self.likelihood = likelihood
         channels, height, width = self.image_shape
         self.encoder = encoder(self.image_shape, latent_dim * (2 if stochastic else 1))
@@ -114,18 +153,48 @@ class VAE(LightningModule):
         """E[x|z] at z = the mean of q(z|x)."""
         return self.decode_mean(self.encode(x)[0])
 
-    def elbo(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
-        """Per-example `elbo`, `reconstruction` and `kl` in nats, each of shape (batch,)."""
+    def draw(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
+        """Per draw z_s ~ q(z|x): `log_likelihood` log p(x|z_s) and `log_prior_ratio`
+        log p(z_s) - log q(z_s|x), each (samples, batch); `kl_per_dim` (batch, latent_dim).
+
+        A deterministic autoencoder has one "draw", z = mean, with ratio and KL zero.
+        """
         mean, log_var = self.encode(x)
         if log_var is None:
-            reconstruction = self.likelihood.log_prob(x, self.decode(mean))
-            kl = torch.zeros_like(reconstruction)
-        else:
-            eps = torch.randn((num_samples or self.num_samples, *mean.shape), device=mean.device)
-            z = reparameterize(mean, log_var, eps)  # (samples, batch, latent_dim)
-            reconstruction = self.likelihood.log_prob(x, self.decode(z)).mean(0)
-            kl = gaussian_kl(mean, log_var).sum(-1)
+            log_likelihood = self.likelihood.log_prob(x, self.decode(mean))[None]
+            return {
+                "log_likelihood": log_likelihood,
+                "log_prior_ratio": torch.zeros_like(log_likelihood),
+                "kl_per_dim": torch.zeros_like(mean),
+            }
+        eps = torch.randn((num_samples or self.num_samples, *mean.shape), device=mean.device)
+        z = reparameterize(mean, log_var, eps)  # (samples, batch, latent_dim)
+        return {
+            "log_likelihood": self.likelihood.log_prob(x, self.decode(z)),
+            "log_prior_ratio": log_prior_ratio(z, eps, log_var),
+            "kl_per_dim": gaussian_kl(mean, log_var),
+        }
+
+    @staticmethod
+    def elbo_terms(draws: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-example `elbo`, `reconstruction` and `kl` in nats from `draw`'s output."""
+        reconstruction = draws["log_likelihood"].mean(0)
+        kl = draws["kl_per_dim"].sum(-1)
         return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+
+    def elbo(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
+        """Per-example `elbo`, `reconstruction` and `kl` in nats, each of shape (batch,)."""
+        return self.elbo_terms(self.draw(x, num_samples))
+
+    def training_loss(self, draws: dict[str, Tensor], kl_weight: float) -> Tensor:
+        """The objective to minimise (module docstring): beta-ELBO with free bits, or IWAE."""
+        if self.objective == "iwae":
+            log_weights = draws["log_likelihood"] + kl_weight * draws["log_prior_ratio"]
+            return -iwae_bound(log_weights).mean()
+        reconstruction = draws["log_likelihood"].mean(0).mean()
+        # KL per latent dimension averaged over the batch, floored at lambda (Kingma et al. 2016)
+        kl = draws["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
+        return -(reconstruction - kl_weight * kl)
 
     def bits_per_dim(self, elbo: Tensor) -> Tensor:
         """-elbo / (D ln 2): the bound in bits per pixel and channel."""
@@ -139,11 +208,14 @@ class VAE(LightningModule):
 
     # Lightning hooks.
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        terms = self.elbo(batch[0])
+        draws = self.draw(batch[0])
         kl_weight = self.kl_weight_at(self.global_step)
-        loss = -(terms["reconstruction"] - kl_weight * terms["kl"]).mean()
-        means = {f"train/{name}": value.mean() for name, value in terms.items()}
+        loss = self.training_loss(draws, kl_weight)
+        means = {f"train/{name}": value.mean() for name, value in self.elbo_terms(draws).items()}
         means["train/bits_per_dim"] = self.bits_per_dim(means["train/elbo"])
+        if self.objective == "iwae":
+            bound = iwae_bound(draws["log_likelihood"] + draws["log_prior_ratio"])
+            means["train/iwae"] = bound.mean()
         self.log_dict({"train/loss": loss, **means}, on_step=True, on_epoch=False)
         self.log("train/kl_weight", kl_weight, on_step=True, on_epoch=False)
         return loss

@@ -1,0 +1,238 @@
+"""Evaluate a trained model the way the papers do: importance-weighted NLL, ELBO, active units.
+
+python evaluate.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt
+python evaluate.py ckpt_path=... eval.num_importance_samples=5000 ++data.root=../shared/data
+
+The run folder's `config.yaml` (beside `checkpoints/`) rebuilds the datamodule and the model
+exactly as training built them; `data.<key>=` / `model.<key>=` overrides on the command line go
+on top of it. Without that file, this command's own `data` and `model` groups are used.
+"""
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import rich
+import rich.table
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+
+from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
+from vaelab.errors import ConfigError
+from vaelab.metrics import (
+    MeanPerDimension,
+    UnitActivity,
+    count_active_units,
+    importance_weighted_estimate,
+)
+from vaelab.vae import VAE, gaussian_kl
+
+RUN_GROUPS = ("data", "model")
+
+
+@torch.no_grad()
+def evaluate(
+    model: VAE,
+    dataloader: DataLoader,
+    num_importance_samples: int,
+    chunk_size: int,
+    *,
+    prepare_batch: Callable | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Test metrics over a dataloader, per example in nats unless the name says otherwise.
+
+    nll = -mean_x L_k(x) (Burda et al. 2016) and nll_bits_per_dim = nll / (D ln 2); elbo,
+    reconstruction and kl from the same k draws (kl in closed form); active_units and
+    kl_dim_NN, the KL of latent dimension NN averaged over the data. A deterministic
+    autoencoder gets the reconstruction at z = E[z|x] and active units only. `prepare_batch`
+    turns a batch on the model's device into floats (a datamodule's `on_after_batch_transfer`).
+    Metrics add up across DDP ranks when each rank passes its own shard of the data.
+    """
+    was_training = model.training
+    model.eval()
+    device = model.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    averages = {
+        name: MeanMetric().to(device).set_dtype(torch.float64)  # .to resets the dtype: first
+        for name in ("log_likelihood", "reconstruction", "kl")
+    }
+    kl_per_dim = MeanPerDimension(model.latent_dim).to(device)
+    activity = UnitActivity(model.latent_dim).to(device)
+    for batch in dataloader:
+        batch = move_data_to_device(batch, device)
+        x = (prepare_batch(batch) if prepare_batch else batch)[0]
+        mean, log_var = model.encode(x)
+        activity.update(mean)
+        if log_var is None:
+            averages["reconstruction"].update(model.likelihood.log_prob(x, model.decode(mean)))
+            continue
+        estimate = importance_weighted_estimate(
+            model, x, num_importance_samples, chunk_size, generator
+        )
+        kl = gaussian_kl(mean, log_var)
+        kl_per_dim.update(kl)
+        averages["log_likelihood"].update(estimate.log_likelihood)
+        averages["reconstruction"].update(estimate.reconstruction)
+        averages["kl"].update(kl.sum(-1))
+    model.train(was_training)
+
+    bits = model.num_dims * math.log(2)  # nats per image -> bits per dimension
+    reconstruction = float(averages["reconstruction"].compute())
+    kl = float(averages["kl"].compute()) if model.stochastic else 0.0
+    results: dict[str, float] = {}
+    if model.stochastic:
+        nll = -float(averages["log_likelihood"].compute())
+        results |= {"nll": nll, "nll_bits_per_dim": nll / bits}
+    results |= {
+        "elbo": reconstruction - kl,
+        "reconstruction": reconstruction,
+        "kl": kl,
+        "bits_per_dim": -(reconstruction - kl) / bits,
+        "active_units": count_active_units(activity.compute()),
+        "num_examples": int(activity.count),
+    }
+    if model.stochastic:
+        results["num_importance_samples"] = num_importance_samples
+        width = max(2, len(str(model.latent_dim - 1)))
+        for dim, value in enumerate(kl_per_dim.compute().tolist()):
+            results[f"kl_dim_{dim:0{width}d}"] = value
+    return results
+
+
+def evaluate_split(
+    model: VAE, datamodule: L.LightningDataModule, split: str, eval_cfg: DictConfig
+) -> dict[str, float]:
+    """`evaluate` on the datamodule's `val` or `test` split, batches made as in training."""
+    if split not in ("val", "test"):
+        raise ConfigError(f"eval.split must be val or test, got {split!r}")
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    return evaluate(
+        model,
+        loader,
+        eval_cfg.num_importance_samples,
+        eval_cfg.chunk_size,
+        prepare_batch=functools.partial(datamodule.on_after_batch_transfer, dataloader_idx=0),
+        seed=eval_cfg.seed,
+    )
+
+
+@rank_zero_only
+def print_results(results: dict[str, float], split: str) -> None:
+    """The metrics as a table; the KL of each latent dimension on one line below it."""
+    samples = results.get("num_importance_samples")
+    table = rich.table.Table(
+        title=f"{split} set" + (f", NLL with k = {samples}" if samples else "")
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    per_dim = []
+    for name, value in results.items():
+        if name.startswith("kl_dim_"):
+            per_dim.append(f"{value:.2f}")
+        else:
+            table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    rich.print(table)
+    if per_dim:
+        rich.print(f"KL per latent dimension (nats): {' '.join(per_dim)}")
+
+
+def evaluate_after_test(
+    trainer: L.Trainer, model: VAE, datamodule: L.LightningDataModule, eval_cfg: DictConfig
+) -> dict[str, float]:
+    """The hook for train.py after `trainer.test`: `test/<metric>` from `evaluate`, on every rank.
+
+    Each rank evaluates its shard of the test set on its device and the metrics add up across
+    ranks; rank zero prints the table and every logger gets the values.
+    """
+    model.to(trainer.strategy.root_device)
+    results = evaluate_split(model, datamodule, "test", eval_cfg)
+    print_results(results, "test")
+    metrics = {f"test/{name}": value for name, value in results.items()}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+    return metrics
+
+
+def command_line_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_config(cfg: DictConfig, ckpt_path: Path, overrides: Sequence[str]) -> DictConfig:
+    """The data and model settings: the run's config.yaml with this command's data.* and model.*
+    overrides on top, or, without that file, this command's own config."""
+    saved = ckpt_path.resolve().parent.parent / "config.yaml"
+    if not saved.is_file():
+        print(f"no {saved}: using this command's data and model settings")
+        return cfg
+    run_cfg = OmegaConf.load(saved)
+    for override in overrides:
+        key = override.lstrip("+").split("=", 1)[0]
+        if key.split(".")[0].split("/")[0] not in RUN_GROUPS:
+            continue
+        if "." not in key:
+            raise ConfigError(
+                f"{override}: the model and data come from {saved}; override single keys "
+                "instead (e.g. ++data.root=...)"
+            )
+        OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
+    return run_cfg
+
+
+def load_model(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[L.LightningDataModule, VAE]:
+    """The datamodule and the checkpoint's model, rebuilt as `vaelab.train.build` builds them."""
+    from vaelab.train import build  # imported here: train.py imports this module's hook
+
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError(
+            "give the checkpoint to evaluate: ckpt_path=<a .ckpt file, a run folder or last>"
+        )
+    ckpt_path = Path(resolve_checkpoint(str(cfg.ckpt_path), cfg.paths.log_dir))
+    datamodule, model = build(run_config(cfg, ckpt_path, overrides))
+    check_checkpoint(str(ckpt_path), model)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint["state_dict"])
+    return datamodule, model
+
+
+def device_for(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate `cfg.ckpt_path`; print the table and write metrics.json to the output folder."""
+    datamodule, model = load_model(cfg, command_line_overrides())
+    model.to(device_for(cfg.eval.device))
+    results = evaluate_split(model, datamodule, cfg.eval.split, cfg.eval)
+    print_results(results, cfg.eval.split)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    saved = {"ckpt_path": str(cfg.ckpt_path), "split": cfg.eval.split, **results}
+    (output_dir / "metrics.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    return results
+
+
+def main(cfg: DictConfig) -> dict[str, float]:
+    """The entry point evaluate.py calls: user errors become one line and exit code 1."""
+    from vaelab.train import user_error  # imported here: train.py imports this module's hook
+
+    try:
+        return run(cfg)
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        raise SystemExit(1) from None
