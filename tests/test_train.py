@@ -233,3 +233,26 @@ def test_scheduler_from_the_command_line(tmp_path):
     (state,) = last["lr_schedulers"]
     # last.ckpt holds the state after both epochs: the rate was halved twice
     assert state["_last_lr"] == [pytest.approx(0.0025)] and state["step_size"] == 1
+
+
+@pytest.mark.slow
+def test_compiled_nets_match_plain_ones_and_keep_checkpoint_names():
+    from vaelab.likelihoods import Bernoulli
+    from vaelab.nets.mlp import MLPDecoder, MLPEncoder
+    from vaelab.vae import VAE
+
+    def make(compile: bool) -> VAE:
+        torch.manual_seed(0)
+        return VAE(MLPEncoder, MLPDecoder, Bernoulli(), (1, 28, 28), latent_dim=4, compile=compile)
+
+    plain, compiled = make(False), make(True)
+    assert list(plain.state_dict()) == list(compiled.state_dict())
+    x = torch.rand(6, 1, 28, 28)
+    torch.testing.assert_close(compiled.reconstruct(x), plain.reconstruct(x), rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_mixed_precision_trains(tmp_path):
+    metrics = train(
+        make_cfg(tmp_path, [*TINY_SPRITES, "debug=fdr", "trainer.precision=bf16-mixed"])
+    )
+    assert math.isfinite(metrics["test/elbo"]) and metrics["test/elbo"] < 0

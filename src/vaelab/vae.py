@@ -74,6 +74,7 @@ class VAE(LightningModule):
         stochastic: bool = True,
         objective: str = "elbo",
         free_bits: float = 0.0,
+        compile: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ) -> None:
@@ -118,6 +119,9 @@ class VAE(LightningModule):
         channels, height, width = self.image_shape
         self.encoder = encoder(self.image_shape, latent_dim * (2 if stochastic else 1))
         self.decoder = decoder(latent_dim, (likelihood.num_params * channels, height, width))
+        if compile:  # in place: parameter names, and so checkpoints, stay those of the plain nets
+            self.encoder.compile()
+            self.decoder.compile()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_dims = math.prod(self.image_shape)
