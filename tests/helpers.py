@@ -1,7 +1,10 @@
 """Test helpers: the real config composed into tmp folders, tiny datasets in real file formats."""
 
 import gzip
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +48,22 @@ def write_tiny_mnist(root: Path, folder: str = "MNIST", train: int = 40, test: i
     for name, array in arrays.items():
         write_idx(root / folder / "raw" / name, array)
     return arrays
+
+
+def run_python(*args: str, cwd: Path = ROOT, wait: bool = True, timeout: int = 300):
+    """`python *args` with W&B offline and unbuffered output: the finished process, or the
+    running one (stdout and stderr piped) when wait is False."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
+    command = [sys.executable, *map(str, args)]
+    if not wait:
+        return subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_train(log_dir: Path, *overrides: str, **kwargs):
+    """`python train.py` with its outputs under log_dir (see run_python for the keywords)."""
+    return run_python(ROOT / "train.py", f"paths.log_dir={log_dir}", *overrides, **kwargs)

@@ -1,14 +1,11 @@
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from helpers import ROOT, make_cfg
+from helpers import ROOT, make_cfg, run_python
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger
 from linear_gaussian import exact_elbo, exact_log_likelihood, linear_gaussian_vae, sample_data
@@ -143,20 +140,12 @@ def test_deterministic_model_gets_reconstruction_and_active_units_only():
 @pytest.mark.slow
 def test_evaluate_py_command_line(trained_checkpoint, tmp_path):
     ckpt = trained_checkpoint
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "evaluate.py"),
-            f"ckpt_path={ckpt}",
-            "eval.num_importance_samples=10",
-            "data.eval_batch_size=4",
-            f"paths.log_dir={tmp_path / 'logs'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    result = run_python(
+        ROOT / "evaluate.py",
+        f"ckpt_path={ckpt}",
+        "eval.num_importance_samples=10",
+        "data.eval_batch_size=4",
+        f"paths.log_dir={tmp_path / 'logs'}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

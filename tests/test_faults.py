@@ -4,14 +4,12 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, make_cfg
+from helpers import make_cfg, run_train
 from omegaconf import OmegaConf
 
 from vaelab.callbacks.faults import NonFiniteLossError
@@ -22,18 +20,6 @@ from vaelab.train import build, finish_wandb, run, train
 from vaelab.vae import VAE
 
 TINY = ["data.size=120", "data.batch_size=8", "data.eval_batch_size=8", "debug=limit"]
-
-
-def cli(log_dir: Path, *overrides: str, wait: bool = True, timeout: int = 300):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={log_dir}", *overrides]
-    if not wait:
-        return subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    return subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +52,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, overrides, message):
     if "gpu" in overrides[0] and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     log_dir = tmp_path / "outputs"
-    result = cli(log_dir, *overrides)
+    result = run_train(log_dir, *overrides)
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -75,7 +61,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, overrides, message):
 
 @pytest.mark.slow
 def test_unwritable_output_folder_fails_before_hydra_writes(tmp_path):
-    result = cli(Path("/dev/null/outputs"))
+    result = run_train(Path("/dev/null/outputs"))
     assert result.returncode == 1
     assert "cannot write run outputs under /dev/null/outputs" in result.stderr
     assert "Traceback" not in result.stderr
@@ -85,9 +71,9 @@ def test_unwritable_output_folder_fails_before_hydra_writes(tmp_path):
 def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path, saved_checkpoint):
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(saved_checkpoint.read_bytes()[:5000])
-    result = cli(tmp_path / "a", *TINY, f"ckpt_path={corrupt}")
+    result = run_train(tmp_path / "a", *TINY, f"ckpt_path={corrupt}")
     assert result.returncode == 1 and "cannot read checkpoint" in result.stderr
-    result = cli(tmp_path / "b", *TINY, "model.latent_dim=4", f"ckpt_path={saved_checkpoint}")
+    result = run_train(tmp_path / "b", *TINY, "model.latent_dim=4", f"ckpt_path={saved_checkpoint}")
     assert result.returncode == 1
     assert "was saved by a different model" in result.stderr and "config.yaml" in result.stderr
     assert not any((tmp_path / "a").glob("*/*")) and not any((tmp_path / "b").glob("*/*"))
@@ -198,7 +184,7 @@ def logged_steps(log_dir: Path) -> int:
 
 def kill_mid_epoch(log_dir: Path, signum: int) -> tuple[Path, str]:
     """Start a run, signal it a few steps into its second epoch; its last.ckpt and stderr."""
-    process = cli(log_dir, *KILL, wait=False)
+    process = run_train(log_dir, *KILL, wait=False)
     deadline = time.time() + 240
     while logged_steps(log_dir) < STEPS_PER_EPOCH + 5:
         assert process.poll() is None and time.time() < deadline, process.communicate()
@@ -223,9 +209,9 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path):
 def test_kill_mid_epoch_and_resume_gives_the_same_run(tmp_path):
     """A deterministic CPU run stopped mid-epoch by SIGTERM and resumed ends as if never stopped."""
     killed, _ = kill_mid_epoch(tmp_path / "killed", signal.SIGTERM)
-    resumed = cli(tmp_path / "resumed", *KILL, f"ckpt_path={killed.parent.parent}")
+    resumed = run_train(tmp_path / "resumed", *KILL, f"ckpt_path={killed.parent.parent}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = cli(tmp_path / "whole", *KILL)
+    whole = run_train(tmp_path / "whole", *KILL)
     assert whole.returncode == 0, whole.stderr[-3000:]
     resumed_metrics = json.loads((run_folder(tmp_path / "resumed") / "metrics.json").read_text())
     whole_metrics = json.loads((run_folder(tmp_path / "whole") / "metrics.json").read_text())

@@ -1,14 +1,12 @@
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from helpers import ROOT
+from helpers import ROOT, run_python, run_train
 from hydra import compose, initialize_config_dir
 
 from vaelab.compare import local_runs
@@ -26,18 +24,9 @@ TINY = [
 
 def run(tmp_path: Path, *args: str, module: str | None = None) -> subprocess.CompletedProcess:
     """train.py (or `python -m module`) in a subprocess, outputs under tmp_path."""
-    env = {**os.environ, "WANDB_MODE": "offline", "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
-    command = (
-        ["-m", module, *args] if module else [ROOT / "train.py", *args, f"paths.log_dir={tmp_path}"]
-    )
-    return subprocess.run(
-        [sys.executable, *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    if module:
+        return run_python("-m", module, *args, cwd=tmp_path)
+    return run_train(tmp_path, *args, cwd=tmp_path)
 
 
 def job_metrics(sweep: Path) -> dict[str, dict]:

@@ -1,15 +1,13 @@
 import json
 import math
-import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, make_cfg, write_tiny_mnist
+from helpers import make_cfg, run_train, write_tiny_mnist
 from PIL import Image
 from torchvision import datasets
 
@@ -157,16 +155,8 @@ def test_bernoulli_on_grey_levels_is_refused(tmp_path, monkeypatch):
         train(make_cfg(tmp_path, [*overrides, "debug=fdr"]))
 
 
-def run_cli(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), f"paths.log_dir={tmp_path}", *overrides],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=tmp_path,
-    )
+def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return run_train(tmp_path, *overrides, cwd=tmp_path)
 
 
 @pytest.mark.slow
