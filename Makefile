@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export WANDB_SILENT ?= true
 
-.PHONY: install train test test-fast lint clean
+.PHONY: install train test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# samples/s of train.py against hand-written loops (bench/bench.py; MNIST under ../shared/data)
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,272 @@
+"""`make bench`: samples/s of the same VAE trained three ways, alternated, several repeats.
+
+(a) vaelab    `python train.py experiment=bench_mlp_mnist` (bench_conv_sprites) in a subprocess.
+              Timed: training only, from Lightning's Timer callback (on_train_start to the last
+              optimizer step), read from the checkpoint the preset writes at that step. Start-up
+              (imports, reading the data, building the Trainer) is printed apart.
+(b) textbook  the loop people write by hand: default torch.optim.Adam (a for-loop over the
+              parameters on CPU), each batch indexed from the float dataset by a slice of a random
+              permutation, dynamic binarisation by torch.bernoulli on the batch.
+(c) tuned     the fastest exact loop found: fused Adam (one kernel for all parameters, the same
+              update up to float rounding: the script prints the difference from (b)) and batches
+              as contiguous slices of the dataset permuted once (counted in the time).
+
+All three train the nets of the preset's config on the same training split for the preset's
+trainer.max_steps steps; (b) and (c) are timed from before the first step to after the last.
+The order of a, b, c rotates from one repeat to the next, so drifting load on a shared machine
+falls on each alike.
+
+    python bench/bench.py --data-root ../shared/data --repeats 3
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import lightning
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = {"mlp_mnist": "bench_mlp_mnist", "conv_sprites": "bench_conv_sprites"}
+ADAM_VARIANTS = {
+    "for-loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+def compose_preset(experiment: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", [f"experiment={experiment}", *overrides])
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_nets(cfg: DictConfig, image_shape: tuple[int, ...], device: torch.device) -> nn.Module:
+    """The preset's encoder and decoder, initialised from seed 0."""
+    torch.manual_seed(0)
+    latent_dim = cfg.model.latent_dim
+    encoder = instantiate(cfg.model.encoder)(image_shape, 2 * latent_dim)
+    decoder = instantiate(cfg.model.decoder)(latent_dim, image_shape)
+    return nn.ModuleDict({"encoder": encoder, "decoder": decoder}).to(device)
+
+
+def negative_elbo(nets: nn.Module, x: Tensor) -> Tensor:
+    """-ELBO, batch mean: Bernoulli decoder, one draw of z, KL(q(z|x) || N(0, I)) in closed form."""
+    mean, log_var = nets.encoder(x).chunk(2, dim=-1)
+    z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+    nll = F.binary_cross_entropy_with_logits(nets.decoder(z), x, reduction="sum")
+    kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum()
+    return (nll + kl) / len(x)
+
+
+def textbook_loop(
+    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+) -> float:
+    """(b): seconds for `steps` steps of the plain loop."""
+    optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
+    data = images.float() / 255
+    order = torch.randperm(len(data), device=data.device)
+    synchronize(data.device)
+    start = time.perf_counter()
+    for step in range(steps):
+        x = data[order[step * batch_size : (step + 1) * batch_size]]
+        if binarize:
+            x = torch.bernoulli(x)
+        loss = negative_elbo(nets, x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    synchronize(data.device)
+    return time.perf_counter() - start
+
+
+def tuned_loop(
+    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+) -> float:
+    """(c): seconds for `steps` steps of the fastest exact loop (the same draws as (b))."""
+    optimizer = torch.optim.Adam(nets.parameters(), lr=lr, fused=True)
+    data = images.float() / 255
+    order = torch.randperm(len(data), device=data.device)
+    synchronize(data.device)
+    start = time.perf_counter()
+    data = data[order]  # one gather per epoch, then every batch is a view
+    for step in range(steps):
+        x = data[step * batch_size : (step + 1) * batch_size]
+        if binarize:
+            x = torch.bernoulli(x)
+        loss = negative_elbo(nets, x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    synchronize(data.device)
+    return time.perf_counter() - start
+
+
+def framework_run(command: list[str], folder: Path) -> tuple[float, float]:
+    """(a): seconds of training by the Timer, and of the whole subprocess."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    start = time.perf_counter()
+    result = subprocess.run(
+        [*command, f"hydra.run.dir={folder}"], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    checkpoint = torch.load(folder / "checkpoints" / "bench.ckpt", weights_only=True)
+    return checkpoint["callbacks"]["Timer"]["time_elapsed"]["train"], wall
+
+
+def adam_step_ms(nets: nn.Module, repeats: int = 5, steps: int = 10) -> dict[str, float]:
+    """Median ms per Adam step on these nets' parameters for each implementation, interleaved."""
+    optimizers = {}
+    for name, options in ADAM_VARIANTS.items():
+        params = [p.detach().clone().requires_grad_() for p in nets.parameters()]
+        for param in params:
+            param.grad = torch.randn_like(param)
+        optimizers[name] = torch.optim.Adam(params, lr=1e-3, **options)
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    for _ in range(repeats):
+        for name, optimizer in optimizers.items():
+            device = optimizer.param_groups[0]["params"][0].device
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                optimizer.step()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / steps * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def flat_parameters(nets: nn.Module) -> Tensor:
+    return torch.cat([p.detach().flatten() for p in nets.parameters()])
+
+
+def compare_loops(make_nets: Callable[[], nn.Module], **loop_args) -> tuple[float, float]:
+    """Largest |(c) - (b)| over the parameters after the same steps, data and noise, and the
+    largest change those steps made to a parameter."""
+    initial = flat_parameters(make_nets())
+    results = []
+    for loop in (tuned_loop, textbook_loop):
+        nets = make_nets()
+        torch.manual_seed(1)
+        loop(nets, **loop_args)
+        results.append(flat_parameters(nets))
+    change = (results[1] - initial).abs().max().item()
+    return (results[0] - results[1]).abs().max().item(), change
+
+
+def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    experiment = EXPERIMENTS[name]
+    overrides = []
+    if "root" in compose_preset(experiment, []).data:
+        overrides = [f"data.root={Path(args.data_root).resolve()}", "data.download=false"]
+    cfg = compose_preset(experiment, overrides)
+    steps = args.steps or cfg.trainer.max_steps
+    batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images = datamodule.datasets["train"].images.to(device)
+    if steps * batch_size > len(images):
+        raise SystemExit(f"{experiment}: {steps} steps of {batch_size} exceed one epoch")
+
+    def make_nets() -> nn.Module:
+        return build_nets(cfg, datamodule.image_shape, device)
+
+    loop_args = {
+        "images": images,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "binarize": datamodule.binarize == "dynamic",
+    }
+    samples = steps * batch_size
+    print(f"\n{name}: experiment={experiment}, {steps} steps x {batch_size} = {samples} samples")
+    adam = adam_step_ms(make_nets())
+    print("  Adam step (ms): " + "  ".join(f"{k} {v:.2f}" for k, v in adam.items()))
+    for check_steps in (1, 5):
+        difference, change = compare_loops(make_nets, **{**loop_args, "steps": check_steps})
+        print(
+            f"  (c) vs (b) after {check_steps} step(s), same data and noise: parameters differ "
+            f"by <= {difference:.1e}; the steps moved them by up to {change:.1e}"
+        )
+
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
+    command += [f"trainer.max_steps={steps}", f"trainer.accelerator={accelerator}"]
+    runs = {
+        "a": lambda folder: framework_run(command, folder),
+        "b": lambda folder: (textbook_loop(make_nets(), **loop_args), None),
+        "c": lambda folder: (tuned_loop(make_nets(), **loop_args), None),
+    }
+    rates: dict[str, list[float]] = {key: [] for key in runs}
+    overheads = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            order = list(runs)[repeat % 3 :] + list(runs)[: repeat % 3]
+            for key in order:
+                seconds, wall = runs[key](Path(scratch) / f"{name}-{repeat}")
+                rates[key].append(samples / seconds)
+                if wall is not None:
+                    overheads.append(wall - seconds)
+            line = "  ".join(f"{key} {rates[key][-1]:.0f}" for key in runs)
+            print(f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s", flush=True)
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    print(
+        f"  median samples/s: (a) vaelab {median['a']:.0f}  (b) textbook {median['b']:.0f}  "
+        f"(c) tuned {median['c']:.0f}"
+    )
+    print(
+        f"  a/b = {median['a'] / median['b']:.2f} (goal >= 1.3)  "
+        f"a/c = {median['a'] / median['c']:.2f} (goal >= 0.95)"
+    )
+    overhead = statistics.median(overheads)
+    print(f"  (a) outside the timed training (start-up, data, exit): {overhead:.1f} s per run")
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="../shared/data", help="holds MNIST/raw")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=0, help="default: the preset's max_steps")
+    parser.add_argument("--only", choices=sorted(EXPERIMENTS), help="one workload")
+    parser.add_argument("--threads", type=int, default=0, help="default: torch's choice")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
+    print(
+        f"vaelab bench {datetime.now():%Y-%m-%d %H:%M}: {device.type} ({name}, "
+        f"{torch.get_num_threads()} threads), torch {torch.__version__}, "
+        f"lightning {lightning.__version__}, {args.repeats} repeats"
+    )
+    for workload in [args.only] if args.only else EXPERIMENTS:
+        bench(workload, args, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The bench presets train what bench/bench.py's hand-written loops train."""
+
+import importlib.util
+
+import pytest
+import torch
+from helpers import ROOT, make_cfg
+from hydra.utils import instantiate
+from torch import nn
+
+spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "bench.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+MLP_LINEARS = [(784, 500), (500, 500), (500, 100), (50, 500), (500, 500), (500, 784)]
+
+
+@pytest.mark.parametrize(
+    "experiment, image_shape, linears",
+    [("bench_mlp_mnist", (1, 28, 28), MLP_LINEARS), ("bench_conv_sprites", (1, 64, 64), None)],
+)
+def test_hand_written_loss_is_the_presets_training_loss(tmp_path, experiment, image_shape, linears):
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}"])
+    assert cfg.model.optimizer.fused and cfg.trainer.limit_val_batches == 0 and not cfg.test
+    assert set(cfg.callbacks) == {"timer", "checkpoint"}
+    torch.manual_seed(0)
+    vae = instantiate(cfg.model, image_shape=image_shape, _convert_="all")
+    if linears is not None:  # 784-500-500-50 with ReLU; the encoder gives mean and log-variance
+        layers = [m for m in vae.modules() if isinstance(m, nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in layers] == linears
+        assert (cfg.data.batch_size, cfg.model.optimizer.lr) == (128, 1e-3)
+        assert all(
+            isinstance(m, nn.ReLU) for net in (vae.encoder, vae.decoder) for m in net.net[1::2]
+        )
+    nets = nn.ModuleDict({"encoder": vae.encoder, "decoder": vae.decoder})
+    x = torch.bernoulli(torch.full((6, *image_shape), 0.3))
+    torch.manual_seed(1)
+    expected = vae.training_loss(vae.draw(x), kl_weight=1.0)
+    torch.manual_seed(1)  # the same draw of z
+    assert bench.negative_elbo(nets, x).item() == pytest.approx(expected.item(), rel=1e-6)
