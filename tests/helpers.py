@@ -66,4 +66,4 @@ def run_python(*args: str, cwd: Path = ROOT, wait: bool = True, timeout: int = 3
 
 def run_train(log_dir: Path, *overrides: str, **kwargs):
     """`python train.py` with its outputs under log_dir (see run_python for the keywords)."""
-    return run_python(ROOT / "train.py", f"paths.log_dir={log_dir}", *overrides, **kwargs)
+    return run_python(ROOT / "train.py", *overrides, f"paths.log_dir={log_dir}", **kwargs)

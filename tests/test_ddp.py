@@ -10,6 +10,7 @@ from helpers import ROOT, make_cfg, run_python
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 
 from vaelab.train import build
 
@@ -104,6 +105,9 @@ def test_multinode_preset_slurm_launcher_and_trainer_agree(tmp_path, monkeypatch
     }
     for name, value in slurm.items():
         monkeypatch.setenv(name, value)
+    # building a Trainer sets the process-wide rank of rank_zero_only: put it back afterwards,
+    # or every later test in this process would skip its rank-zero work
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     trainer = instantiate(trainer_cfg, accelerator="cpu")  # no GPU on the test machine
     environment = trainer.strategy.cluster_environment
     assert isinstance(environment, SLURMEnvironment)
