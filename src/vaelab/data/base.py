@@ -99,7 +99,8 @@ class ShardShuffle(Sampler[int]):
         return order[self.rank : usable : self.world_size]
 
     def __len__(self) -> int:
-        return len(self.indices(0))
+        usable = self.size - self.size % self.world_size if self.shuffle else self.size
+        return len(range(self.rank, usable, self.world_size))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices(self.epoch)[self.start(self.epoch) :].tolist())
