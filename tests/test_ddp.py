@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -12,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 
+from vaelab.callbacks.faults import RandomState
 from vaelab.train import build
 
 # a deterministic model (no noise stream to differ between ranks), one optimizer step
@@ -61,8 +63,8 @@ def test_one_step_on_two_processes_equals_one_process_with_their_batch(tmp_path)
 
     one_metrics = json.loads((one / "metrics.json").read_text())
     two_metrics = json.loads((two / "metrics.json").read_text())
-    evaluated = [k for k in one_metrics if k.startswith(("val/", "test/"))]
-    assert len(evaluated) == 8
+    evaluated = [k for k in one_metrics if k.startswith(("val/", "test/", "train/"))]
+    assert len(evaluated) == 8 + 6  # train/*: averaged over the ranks' shards
     for key in evaluated:
         assert two_metrics[key] == pytest.approx(one_metrics[key], rel=1e-6, abs=1e-6)
 
@@ -114,3 +116,22 @@ def test_multinode_preset_slurm_launcher_and_trainer_agree(tmp_path, monkeypatch
     environment.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
     assert (trainer.num_devices, trainer.num_nodes) == (4, 3)
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank) == (12, 5, 1)
+
+
+def test_each_ddp_rank_draws_its_own_noise_stream():
+    """Ranks start from one seed (the same model); at train start each gets its own stream."""
+    callback = RandomState()
+
+    def draws(rank: int, world_size: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+        callback.on_train_start(trainer, None)
+        return torch.rand(5)
+
+    single = draws(0, 1)
+    torch.manual_seed(0)
+    assert torch.equal(single, torch.rand(5))  # one process: its stream is left alone
+    rank0, rank1 = draws(0, 2), draws(1, 2)
+    assert not torch.equal(rank0, rank1)
+    assert not torch.equal(rank0, single)
+    assert torch.equal(rank1, draws(1, 2))  # and each rank's stream is reproducible

@@ -64,27 +64,33 @@ def sweep_identity(log_dir: str) -> dict:
     return {"group": group, "name": name, "tags": [tag[:64] for tag in overrides]}
 
 
+def wandb_config(cfg: DictConfig, log_dir: str) -> DictConfig:
+    """The W&B logger's config with the sweep's group, name and tags, switched offline when the
+    server cannot be reached."""
+    identity = sweep_identity(log_dir)
+    cfg = OmegaConf.merge(
+        cfg,
+        {
+            "group": cfg.get("group") or identity.get("group"),
+            "name": cfg.get("name") or identity.get("name"),
+            "tags": [*(cfg.get("tags") or []), *identity.get("tags", [])],
+        },
+    )
+    reason = None if cfg.get("offline", False) else wandb_offline_reason()
+    if reason:
+        cfg = OmegaConf.merge(cfg, {"offline": True, "log_model": False})
+        rank_zero_info(
+            f"W&B offline: {reason}; run files go to {cfg.save_dir}/wandb "
+            "(upload later with `wandb sync`)"
+        )
+    return cfg
+
+
 def make_loggers(logger_cfg: DictConfig | None, log_dir: str = "outputs") -> list[Logger]:
     """Instantiate every logger in the `logger` group, switching W&B offline when it must."""
     loggers = []
     for cfg in (logger_cfg or {}).values():
         if cfg.get("_target_") == WANDB_TARGET:
-            identity = sweep_identity(log_dir)
-            cfg = OmegaConf.merge(
-                cfg,
-                {
-                    "group": cfg.get("group") or identity.get("group"),
-                    "name": cfg.get("name") or identity.get("name"),
-                    "tags": [*(cfg.get("tags") or []), *identity.get("tags", [])],
-                },
-            )
-        if cfg.get("_target_") == WANDB_TARGET and not cfg.get("offline", False):
-            reason = wandb_offline_reason()
-            if reason:
-                cfg = OmegaConf.merge(cfg, {"offline": True, "log_model": False})
-                rank_zero_info(
-                    f"W&B offline: {reason}; run files go to {cfg.save_dir}/wandb "
-                    "(upload later with `wandb sync`)"
-                )
+            cfg = wandb_config(cfg, log_dir)
         loggers.append(instantiate(cfg))
     return loggers

@@ -174,9 +174,8 @@ def run(cfg: DictConfig) -> float | None:
 
 def finish_wandb(failure: str | None = None) -> None:
     """Close the W&B run (marked failed, with the reason), so the next job starts its own."""
-    import wandb
-
-    if wandb.run is None:
+    wandb = sys.modules.get("wandb")  # not imported: no W&B run to close (logger=csv, none)
+    if wandb is None or wandb.run is None:
         return
     if failure is not None:
         wandb.run.summary.update({"status": "failed", "error": failure})

@@ -232,7 +232,8 @@ class VAE(LightningModule):
         if self.objective == "iwae":
             bound = iwae_bound(draws["log_likelihood"] + draws["log_prior_ratio"])
             means["train/iwae"] = bound.mean()
-        self.log_dict({"train/loss": loss, **means}, on_step=True, on_epoch=False)
+        # averaged over DDP ranks (one all-reduce a value, on logging steps only)
+        self.log_dict({"train/loss": loss, **means}, on_step=True, on_epoch=False, sync_dist=True)
         self.log("train/kl_weight", kl_weight, on_step=True, on_epoch=False)
         return loss
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning import Callback, LightningModule, Trainer
+from lightning import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vaelab.errors import VaelabError
@@ -94,10 +94,16 @@ class CheckpointOnInterrupt(Callback):
 
 
 class RandomState(Callback):
-    """Save the random generators in checkpoints and restore them when training resumes.
+    """Save the random generators in checkpoints and restore them when training resumes; give
+    each DDP rank its own stream.
 
     They are restored at the start of training (after any sanity-check validation), so a run
-    resumed mid-epoch draws the same noise and binarisations as one that never stopped.
+    resumed mid-epoch draws the same noise and binarisations as one that never stopped. Under
+    DDP every rank starts from the same seed (so the model starts the same everywhere); at the
+    start of training each rank then reseeds with a seed drawn from that common stream plus its
+    rank, so the ranks draw different noise for their shards. Checkpoints hold rank 0's
+    generators: a resumed DDP run restores them on every rank and reseeds from them, so it goes
+    on with new streams, the same in distribution but not bit for bit.
     """
 
     def __init__(self) -> None:
@@ -119,9 +125,15 @@ class RandomState(Callback):
         self.restored = state
 
     def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
-        if self.restored is None:
-            return
-        state, self.restored = self.restored, None
+        if self.restored is not None:
+            self.restore(self.restored)
+            self.restored = None
+        if trainer.world_size > 1:
+            base = int(torch.randint(2**31 - trainer.world_size, ()))  # from the common seed
+            seed_everything(base + trainer.global_rank, workers=True, verbose=False)
+
+    @staticmethod
+    def restore(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

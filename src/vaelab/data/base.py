@@ -3,7 +3,8 @@
 Images travel as uint8 (N, C, H, W) and become floats in [0, 1] after they reach the device
 (`on_after_batch_transfer`), where dynamic binarisation draws x ~ Bernoulli(pixel) per batch.
 Datasets that fit in memory are `InMemoryImages`: a whole batch is one tensor index
-(`__getitems__`), not a Python loop of per-item collation.
+(`__getitems__`), not a Python loop of per-item collation. With `on_device` (the default) they
+move to the GPU once, when training there, so a batch is sliced on the GPU with no copy per step.
 """
 
 import math
@@ -38,8 +39,11 @@ class InMemoryImages(Dataset):
         return self.images[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices)
+        index = torch.as_tensor(indices).to(self.images.device, non_blocking=True)
         return self.images[index], self.labels[index]
+
+    def to(self, device: torch.device) -> "InMemoryImages":
+        return InMemoryImages(self.images.to(device), self.labels.to(device))
 
 
 def split_indices(num_items: int, fractions: dict[str, float], seed: int) -> dict[str, Tensor]:
@@ -118,6 +122,7 @@ class ImageDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        on_device: bool = True,
         binarize: str = "none",
         seed: int = 0,
     ) -> None:
@@ -130,6 +135,7 @@ class ImageDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.on_device = on_device
         self.binarize = binarize
         self.seed = seed
         self.datasets: dict[str, Dataset] = {}
@@ -159,8 +165,17 @@ class ImageDataModule(LightningDataModule):
                 datasets[split] = InMemoryImages(images, data.labels)
         self.datasets = datasets
 
+    def dataset_for(self, split: str) -> Dataset:
+        """The split's dataset, moved once to the GPU the trainer runs on where `on_device`."""
+        dataset, trainer = self.datasets[split], self.trainer
+        if self.on_device and trainer is not None and isinstance(dataset, InMemoryImages):
+            device = trainer.strategy.root_device
+            if device.type == "cuda" and dataset.images.device != device:
+                dataset = self.datasets[split] = dataset.to(device)
+        return dataset
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
+        dataset = self.dataset_for(split)
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
@@ -172,14 +187,16 @@ class ImageDataModule(LightningDataModule):
             shuffle,
             start=lambda epoch: self.batches_to_skip(epoch) * batch_size,
         )
+        on_gpu = isinstance(dataset, InMemoryImages) and dataset.images.is_cuda
+        num_workers = 0 if on_gpu else self.num_workers  # workers cannot share CUDA tensors
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=shuffle and len(sampler) > batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=num_workers,
+            pin_memory=self.pin_memory and not on_gpu,
+            persistent_workers=num_workers > 0,
             collate_fn=keep_batch if hasattr(dataset, "__getitems__") else None,
         )
 
