@@ -1,9 +1,9 @@
 """`make bench`: samples/s of the same VAE trained three ways, alternated, several repeats.
 
 (a) vaelab    `python train.py experiment=bench_mlp_mnist` (bench_conv_sprites) in a subprocess.
-              Timed: training only, from Lightning's Timer callback (on_train_start to the last
-              optimizer step), read from the checkpoint the preset writes at that step. Start-up
-              (imports, reading the data, building the Trainer) is printed apart.
+              Timed: the steps after the first WARMUP_STEPS, by the preset's StepTimer callback,
+              read from the checkpoint the preset writes at the last step. Start-up (imports,
+              reading the data, building the Trainer, the warm-up steps) is printed apart.
 (b) textbook  the loop people write by hand: default torch.optim.Adam (a for-loop over the
               parameters on CPU), each batch indexed from the float dataset by a slice of a random
               permutation, dynamic binarisation by torch.bernoulli on the batch.
@@ -12,7 +12,9 @@
               as contiguous slices of the dataset permuted once (counted in the time).
 
 All three train the nets of the preset's config on the same training split for the preset's
-trainer.max_steps steps; (b) and (c) are timed from before the first step to after the last.
+trainer.max_steps steps, and all three are timed from the end of step WARMUP_STEPS to the end of
+the last step, leaving out the one-off costs of the first steps (allocations, kernel selection,
+CUDA's start-up), which (a) would otherwise pay in its new process and (b), (c) in the bench's.
 The order of a, b, c rotates from one repeat to the next, so drifting load on a shared machine
 falls on each alike.
 
@@ -40,6 +42,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 10  # the presets' StepTimer warmup_steps
 EXPERIMENTS = {"mlp_mnist": "bench_mlp_mnist", "conv_sprites": "bench_conv_sprites"}
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
@@ -79,13 +82,15 @@ def negative_elbo(nets: nn.Module, x: Tensor) -> Tensor:
 def textbook_loop(
     nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
 ) -> float:
-    """(b): seconds for `steps` steps of the plain loop."""
+    """(b): seconds for the steps after WARMUP_STEPS of the plain loop."""
     optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
     data = images.float() / 255
     order = torch.randperm(len(data), device=data.device)
-    synchronize(data.device)
-    start = time.perf_counter()
+    start = time.perf_counter()  # reset after the warm-up; runs shorter than it time every step
     for step in range(steps):
+        if step == WARMUP_STEPS:
+            synchronize(data.device)
+            start = time.perf_counter()
         x = data[order[step * batch_size : (step + 1) * batch_size]]
         if binarize:
             x = torch.bernoulli(x)
@@ -100,14 +105,17 @@ def textbook_loop(
 def tuned_loop(
     nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
 ) -> float:
-    """(c): seconds for `steps` steps of the fastest exact loop (the same draws as (b))."""
+    """(c): seconds for the steps after WARMUP_STEPS of the fastest exact loop (the same draws
+    as (b))."""
     optimizer = torch.optim.Adam(nets.parameters(), lr=lr, fused=True)
     data = images.float() / 255
     order = torch.randperm(len(data), device=data.device)
-    synchronize(data.device)
-    start = time.perf_counter()
     data = data[order]  # one gather per epoch, then every batch is a view
+    start = time.perf_counter()  # reset after the warm-up; runs shorter than it time every step
     for step in range(steps):
+        if step == WARMUP_STEPS:
+            synchronize(data.device)
+            start = time.perf_counter()
         x = data[step * batch_size : (step + 1) * batch_size]
         if binarize:
             x = torch.bernoulli(x)
@@ -130,7 +138,7 @@ def framework_run(command: list[str], folder: Path) -> tuple[float, float]:
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     checkpoint = torch.load(folder / "checkpoints" / "bench.ckpt", weights_only=True)
-    return checkpoint["callbacks"]["Timer"]["time_elapsed"]["train"], wall
+    return checkpoint["callbacks"]["StepTimer"]["seconds"], wall
 
 
 def adam_step_ms(nets: nn.Module, repeats: int = 5, steps: int = 10) -> dict[str, float]:
@@ -183,8 +191,11 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     images = datamodule.datasets["train"].images.to(device)
-    if steps * batch_size > len(images):
-        raise SystemExit(f"{experiment}: {steps} steps of {batch_size} exceed one epoch")
+    if steps * batch_size > len(images) or steps <= WARMUP_STEPS:
+        raise SystemExit(
+            f"{experiment}: {steps} steps of {batch_size} must exceed the {WARMUP_STEPS} warm-up "
+            "steps and fit in one epoch"
+        )
 
     def make_nets() -> nn.Module:
         return build_nets(cfg, datamodule.image_shape, device)
@@ -196,8 +207,11 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
         "lr": lr,
         "binarize": datamodule.binarize == "dynamic",
     }
-    samples = steps * batch_size
-    print(f"\n{name}: experiment={experiment}, {steps} steps x {batch_size} = {samples} samples")
+    samples = (steps - WARMUP_STEPS) * batch_size
+    print(
+        f"\n{name}: experiment={experiment}, {steps} steps x {batch_size}, the last "
+        f"{steps - WARMUP_STEPS} timed ({samples} samples)"
+    )
     adam = adam_step_ms(make_nets())
     print("  Adam step (ms): " + "  ".join(f"{k} {v:.2f}" for k, v in adam.items()))
     for check_steps in (1, 5):

@@ -1,12 +1,15 @@
 """The bench presets train what bench/bench.py's hand-written loops train."""
 
 import importlib.util
+import time
 
 import pytest
 import torch
 from helpers import ROOT, make_cfg
 from hydra.utils import instantiate
 from torch import nn
+
+from vaelab.train import train
 
 spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
@@ -23,7 +26,8 @@ MLP_LINEARS = [(784, 500), (500, 500), (500, 100), (50, 500), (500, 500), (500, 
 def test_hand_written_loss_is_the_presets_training_loss(tmp_path, experiment, image_shape, linears):
     cfg = make_cfg(tmp_path, [f"experiment={experiment}"])
     assert cfg.model.optimizer.fused and cfg.trainer.limit_val_batches == 0 and not cfg.test
-    assert set(cfg.callbacks) == {"timer", "checkpoint"}
+    assert set(cfg.callbacks) == {"step_timer", "checkpoint"}
+    assert cfg.callbacks.step_timer.warmup_steps == bench.WARMUP_STEPS
     torch.manual_seed(0)
     vae = instantiate(cfg.model, image_shape=image_shape, _convert_="all")
     if linears is not None:  # 784-500-500-50 with ReLU; the encoder gives mean and log-variance
@@ -39,3 +43,16 @@ def test_hand_written_loss_is_the_presets_training_loss(tmp_path, experiment, im
     expected = vae.training_loss(vae.draw(x), kl_weight=1.0)
     torch.manual_seed(1)  # the same draw of z
     assert bench.negative_elbo(nets, x).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_preset_checkpoint_keeps_the_time_of_the_steps_after_the_warm_up(tmp_path):
+    """What bench.py reads as way (a)'s time: steps warmup+1 .. max_steps, in the checkpoint."""
+    overrides = ["experiment=bench_conv_sprites", "data.size=1000", "trainer.max_steps=14"]
+    start = time.perf_counter()
+    train(make_cfg(tmp_path, overrides))
+    wall = time.perf_counter() - start
+    checkpoint = torch.load(tmp_path / "checkpoints" / "bench.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 14
+    timed = checkpoint["callbacks"]["StepTimer"]
+    assert timed["steps"] == 14 - bench.WARMUP_STEPS
+    assert 0 < timed["seconds"] < wall
