@@ -41,6 +41,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from vaelab.callbacks.timing import synchronize
+
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 10  # the presets' StepTimer warmup_steps
 EXPERIMENTS = {"mlp_mnist": "bench_mlp_mnist", "conv_sprites": "bench_conv_sprites"}
@@ -54,11 +56,6 @@ ADAM_VARIANTS = {
 def compose_preset(experiment: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", [f"experiment={experiment}", *overrides])
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_nets(cfg: DictConfig, image_shape: tuple[int, ...], device: torch.device) -> nn.Module:

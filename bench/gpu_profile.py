@@ -19,12 +19,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from bench import compose_preset
+from vaelab.callbacks.timing import synchronize
 from vaelab.train import build
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def busy_seconds(events: list) -> float:
@@ -54,11 +50,11 @@ class EpochClock(L.Callback):
         if trainer.current_epoch == self.epochs - 1:
             self.profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
             self.profiler.__enter__()
-        synchronize()
+        synchronize(module.device)
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        synchronize()
+        synchronize(module.device)
         self.seconds.append(time.perf_counter() - self.start)
         if self.profiler is not None:
             self.profiler.__exit__(None, None, None)
