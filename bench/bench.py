@@ -76,56 +76,63 @@ def negative_elbo(nets: nn.Module, x: Tensor) -> Tensor:
     return (nll + kl) / len(x)
 
 
-def textbook_loop(
-    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+def timed_steps(
+    nets: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Callable[[int], Tensor],
+    steps: int,
+    binarize: bool,
 ) -> float:
-    """(b): seconds for the steps after WARMUP_STEPS of the plain loop."""
-    optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
-    data = images.float() / 255
-    order = torch.randperm(len(data), device=data.device)
+    """Seconds for the steps after WARMUP_STEPS of `steps` plain training steps on batch(step)."""
+    device = next(nets.parameters()).device
     start = time.perf_counter()  # reset after the warm-up; runs shorter than it time every step
     for step in range(steps):
         if step == WARMUP_STEPS:
-            synchronize(data.device)
+            synchronize(device)
             start = time.perf_counter()
-        x = data[order[step * batch_size : (step + 1) * batch_size]]
+        x = batch(step)
         if binarize:
             x = torch.bernoulli(x)
         loss = negative_elbo(nets, x)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    synchronize(data.device)
+    synchronize(device)
     return time.perf_counter() - start
+
+
+def textbook_loop(
+    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+) -> float:
+    """(b): the plain loop: default Adam, each batch gathered by a slice of a permutation."""
+    optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
+    data = images.float() / 255
+    order = torch.randperm(len(data), device=data.device)
+
+    def batch(step: int) -> Tensor:
+        return data[order[step * batch_size : (step + 1) * batch_size]]
+
+    return timed_steps(nets, optimizer, batch, steps, binarize)
 
 
 def tuned_loop(
     nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
 ) -> float:
-    """(c): seconds for the steps after WARMUP_STEPS of the fastest exact loop (the same draws
-    as (b))."""
+    """(c): the fastest exact loop (the same draws as (b)): fused Adam, contiguous batches."""
     optimizer = torch.optim.Adam(nets.parameters(), lr=lr, fused=True)
     data = images.float() / 255
     order = torch.randperm(len(data), device=data.device)
     data = data[order]  # one gather per epoch, then every batch is a view
-    start = time.perf_counter()  # reset after the warm-up; runs shorter than it time every step
-    for step in range(steps):
-        if step == WARMUP_STEPS:
-            synchronize(data.device)
-            start = time.perf_counter()
-        x = data[step * batch_size : (step + 1) * batch_size]
-        if binarize:
-            x = torch.bernoulli(x)
-        loss = negative_elbo(nets, x)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    synchronize(data.device)
-    return time.perf_counter() - start
+
+    def batch(step: int) -> Tensor:
+        return data[step * batch_size : (step + 1) * batch_size]
+
+    return timed_steps(nets, optimizer, batch, steps, binarize)
 
 
 def framework_run(command: list[str], folder: Path) -> tuple[float, float]:
-    """(a): seconds of training by the Timer, and of the whole subprocess."""
+    """(a): seconds of the steps after the warm-up by the preset's StepTimer, and of the whole
+    subprocess."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     start = time.perf_counter()
     result = subprocess.run(
