@@ -39,8 +39,9 @@ def resolve_checkpoint(ckpt_path: str | None, log_dir: str) -> str | None:
     return str(path)
 
 
-def check_checkpoint(path: str, model: nn.Module) -> None:
-    """CheckpointError unless `path` loads (weights only) and fits `model` tensor for tensor."""
+def check_checkpoint(path: str, model: nn.Module) -> dict:
+    """The checkpoint at `path` (loaded weights only, on the CPU); CheckpointError unless it
+    loads and fits `model` tensor for tensor."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -63,3 +64,4 @@ def check_checkpoint(path: str, model: nn.Module) -> None:
             f"{path} was saved by a different model ({len(differences)} tensors differ, e.g. "
             f"{differences[0]}): use the model settings of the run that saved it (its config.yaml)"
         )
+    return checkpoint

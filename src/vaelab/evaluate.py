@@ -9,7 +9,6 @@ on top of it. Without that file, this command's own `data` and `model` groups ar
 """
 
 import functools
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -76,7 +75,7 @@ def evaluate(
             averages["reconstruction"].update(model.likelihood.log_prob(x, model.decode(mean)))
             continue
         estimate = importance_weighted_estimate(
-            model, x, num_importance_samples, chunk_size, generator
+            model, x, num_importance_samples, chunk_size, generator, posterior=(mean, log_var)
         )
         kl = gaussian_kl(mean, log_var)
         kl_per_dim.update(kl)
@@ -199,8 +198,7 @@ def load_model(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[L.Lightn
         )
     ckpt_path = Path(resolve_checkpoint(str(cfg.ckpt_path), cfg.paths.log_dir))
     datamodule, model = build(run_config(cfg, ckpt_path, overrides))
-    check_checkpoint(str(ckpt_path), model)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = check_checkpoint(str(ckpt_path), model)
     model.load_state_dict(checkpoint["state_dict"])
     return datamodule, model
 
@@ -213,6 +211,8 @@ def device_for(name: str) -> torch.device:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate `cfg.ckpt_path`; print the table and write metrics.json to the output folder."""
+    from vaelab.train import write_metrics  # imported here: train.py imports this module's hook
+
     datamodule, model = load_model(cfg, command_line_overrides())
     model.to(device_for(cfg.eval.device))
     results = evaluate_split(model, datamodule, cfg.eval.split, cfg.eval)
@@ -220,7 +220,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     saved = {"ckpt_path": str(cfg.ckpt_path), "split": cfg.eval.split, **results}
-    (output_dir / "metrics.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    write_metrics(output_dir / "metrics.json", saved)
     return results
 
 

@@ -32,16 +32,22 @@ class ImportanceEstimate(NamedTuple):
 
 @torch.no_grad()
 def importance_weighted_estimate(
-    model: VAE, x: Tensor, num_samples: int, chunk_size: int, generator: torch.Generator
+    model: VAE,
+    x: Tensor,
+    num_samples: int,
+    chunk_size: int,
+    generator: torch.Generator,
+    posterior: tuple[Tensor, Tensor] | None = None,
 ) -> ImportanceEstimate:
     """L_k(x) with k = num_samples, decoding chunk_size draws of z per example at a time.
 
     Draw i is the i-th `randn` call of `generator` whatever the chunk size, so one generator
-    state gives the same estimate for every chunk size (up to float rounding).
+    state gives the same estimate for every chunk size (up to float rounding). `posterior` is
+    model.encode(x) when the caller has it already.
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(f"need num_samples, chunk_size >= 1, got {num_samples}, {chunk_size}")
-    mean, log_var = model.encode(x)
+    mean, log_var = posterior if posterior is not None else model.encode(x)
     # log sum_i w_i, accumulated chunk by chunk: log(a + b) = logaddexp(log a, log b)
     log_sum = torch.full(mean.shape[:1], -math.inf, dtype=torch.float64, device=mean.device)
     reconstruction_sum = torch.zeros_like(log_sum)
@@ -79,30 +85,24 @@ class MeanPerDimension(Metric):
         return self.total / self.count
 
 
-class UnitActivity(Metric):
+class UnitActivity(MeanPerDimension):
     """A_u = Cov_x(E_q[u]) per latent unit: the sample variance over x of the posterior mean.
 
     Accumulated as sums of the means and of their squares in float64:
     A_u = (sum m_u^2 - n mean(m_u)^2) / (n - 1).
     """
 
-    full_state_update = False
-
     def __init__(self, latent_dim: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        for name in ("total", "total_square"):
-            zeros = torch.zeros(latent_dim, dtype=torch.float64)
-            self.add_state(name, zeros, dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        super().__init__(latent_dim, **kwargs)
+        zeros = torch.zeros(latent_dim, dtype=torch.float64)
+        self.add_state("total_square", zeros, dist_reduce_fx="sum")
 
     def update(self, posterior_mean: Tensor) -> None:
-        values = posterior_mean.double()
-        self.total += values.sum(0)
-        self.total_square += values.square().sum(0)
-        self.count += values.shape[0]
+        super().update(posterior_mean)
+        self.total_square += posterior_mean.double().square().sum(0)
 
     def compute(self) -> Tensor:
-        average = self.total / self.count
+        average = super().compute()
         return (self.total_square - self.count * average.square()) / (self.count - 1)
 
 
