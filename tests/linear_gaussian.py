@@ -73,7 +73,7 @@ def exact_elbo(model: VAE, x: Tensor) -> dict[str, Tensor]:
     E_q[log p(x|z)] = -D/2 log(2 pi s2) - (||x - W m - b||^2 + sum_j v_j ||W_j||^2) / (2 s2)
     """
     weight, bias = parts(model)
-    mean, log_var = model.encode(x.to(weight.dtype))
+    mean, log_var, _ = model.encode(x.to(weight.dtype))
     variance = log_var.exp()
     residual = x.flatten(1) - mean @ weight.T - bias
     spread = (variance * weight.square().sum(0)).sum(-1)

@@ -6,7 +6,7 @@ from torch.distributions import Normal, kl_divergence
 
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import Bernoulli, Gaussian, GaussianLearnedVariance
-from vaelab.vae import gaussian_kl
+from vaelab.posteriors.gaussian import gaussian_kl
 
 
 def test_gaussian_kl_matches_hand_computation():

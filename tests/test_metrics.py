@@ -15,7 +15,8 @@ from vaelab.metrics import (
     importance_weighted_estimate,
 )
 from vaelab.nets.linear import LinearDecoder, LinearEncoder
-from vaelab.vae import VAE, gaussian_kl
+from vaelab.posteriors.gaussian import gaussian_kl
+from vaelab.vae import VAE
 
 
 def estimate(model, x, k, chunk_size=250, seed=0):

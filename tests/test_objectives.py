@@ -9,9 +9,10 @@ from hydra.utils import instantiate
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import Bernoulli
 from vaelab.nets.mlp import MLPDecoder, MLPEncoder
+from vaelab.posteriors.gaussian import gaussian_kl, reparameterize
 from vaelab.schedules import GeometricStagesLR
 from vaelab.train import train
-from vaelab.vae import VAE, gaussian_kl, reparameterize
+from vaelab.vae import VAE
 
 TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 PRESETS = ("burda16_vae_mnist", "burda16_iwae_k50_mnist")
@@ -39,7 +40,7 @@ def logged_training_step(model: VAE, x: torch.Tensor, seed: int) -> tuple[torch.
 def by_hand(model: VAE, x: torch.Tensor, num_samples: int, seed: int) -> dict[str, torch.Tensor]:
     """log p(x|z_s) and log p(z_s) - log q(z_s|x) from Gaussian densities, same draws."""
     torch.manual_seed(seed)
-    mean, log_var = model.encode(x)
+    mean, log_var, _ = model.encode(x)
     eps = torch.randn(num_samples, *mean.shape)
     z = reparameterize(mean, log_var, eps)
     std = torch.exp(0.5 * log_var)

@@ -8,7 +8,8 @@ from vaelab.likelihoods import Bernoulli, Gaussian
 from vaelab.nets.conv import ConvDecoder, ConvEncoder
 from vaelab.nets.linear import LinearDecoder, LinearEncoder
 from vaelab.nets.mlp import MLPDecoder, MLPEncoder
-from vaelab.vae import VAE, gaussian_kl, reparameterize
+from vaelab.posteriors.gaussian import gaussian_kl, reparameterize
+from vaelab.vae import VAE
 
 
 def make_vae(image_shape=(1, 28, 28), latent_dim=4, nets="mlp", **kwargs) -> VAE:
@@ -68,7 +69,7 @@ def test_interface_shapes(nets):
     torch.manual_seed(0)
     model = make_vae(nets=nets, num_samples=3)
     x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3))
-    mean, log_var = model.encode(x)
+    mean, log_var, _ = model.encode(x)
     assert mean.shape == log_var.shape == (5, 4)
     assert model.decode(torch.randn(2, 5, 4)).shape == (2, 5, 1, 28, 28)
     samples = model.sample(6)
@@ -88,7 +89,7 @@ def test_elbo_is_a_monte_carlo_average_of_reconstructions():
     torch.manual_seed(1)
     many = model.elbo(x)["reconstruction"]
     torch.manual_seed(1)
-    mean, log_var = model.encode(x)
+    mean, log_var, _ = model.encode(x)
     eps = torch.randn(4, *mean.shape)
     single = model.likelihood.log_prob(x, model.decode(reparameterize(mean, log_var, eps)))
     torch.testing.assert_close(many, single.mean(0))
@@ -97,7 +98,7 @@ def test_elbo_is_a_monte_carlo_average_of_reconstructions():
 def test_autoencoder_has_no_kl_and_no_noise():
     model = make_vae(nets="linear", stochastic=False, likelihood=Gaussian(0.5))
     x = torch.rand(3, 1, 28, 28)
-    mean, log_var = model.encode(x)
+    mean, log_var, _ = model.encode(x)
     assert log_var is None and mean.shape == (3, 4)
     first, second = model.elbo(x), model.elbo(x)
     torch.testing.assert_close(first["reconstruction"], second["reconstruction"])

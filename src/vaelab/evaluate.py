@@ -32,7 +32,7 @@ from vaelab.metrics import (
     count_active_units,
     importance_weighted_estimate,
 )
-from vaelab.vae import VAE, gaussian_kl
+from vaelab.vae import VAE
 
 RUN_GROUPS = ("data", "model")
 
@@ -64,24 +64,25 @@ def evaluate(
         name: MeanMetric().to(device).set_dtype(torch.float64)  # .to resets the dtype: first
         for name in ("log_likelihood", "reconstruction", "kl")
     }
-    kl_per_dim = MeanPerDimension(model.latent_dim).to(device)
-    activity = UnitActivity(model.latent_dim).to(device)
+    kl_per_dim = MeanPerDimension(model.num_units).to(device)
+    activity = UnitActivity(model.num_units).to(device)
     for batch in dataloader:
         batch = move_data_to_device(batch, device)
         x = (prepare_batch(batch) if prepare_batch else batch)[0]
-        mean, log_var = model.encode(x)
-        activity.update(mean)
-        if log_var is None:
-            averages["reconstruction"].update(model.likelihood.log_prob(x, model.decode(mean)))
+        q = model.encode(x)
+        if q.log_var is None:
+            activity.update(q.mean)
+            averages["reconstruction"].update(model.likelihood.log_prob(x, model.decode(q.mean)))
             continue
         estimate = importance_weighted_estimate(
-            model, x, num_importance_samples, chunk_size, generator, posterior=(mean, log_var)
+            model, x, num_importance_samples, chunk_size, generator, posterior=q
         )
-        kl = gaussian_kl(mean, log_var)
-        kl_per_dim.update(kl)
+        activity.update(estimate.posterior_mean)
+        if estimate.kl_per_dim is not None:
+            kl_per_dim.update(estimate.kl_per_dim)
         averages["log_likelihood"].update(estimate.log_likelihood)
         averages["reconstruction"].update(estimate.reconstruction)
-        averages["kl"].update(kl.sum(-1))
+        averages["kl"].update(estimate.kl)
     model.train(was_training)
 
     bits = model.num_dims * math.log(2)  # nats per image -> bits per dimension
@@ -101,7 +102,8 @@ def evaluate(
     }
     if model.stochastic:
         results["num_importance_samples"] = num_importance_samples
-        width = max(2, len(str(model.latent_dim - 1)))
+    if model.stochastic and int(kl_per_dim.count) > 0:
+        width = max(2, len(str(model.num_units - 1)))
         for dim, value in enumerate(kl_per_dim.compute().tolist()):
             results[f"kl_dim_{dim:0{width}d}"] = value
     return results

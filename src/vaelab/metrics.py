@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from vaelab.vae import VAE, log_prior_ratio, reparameterize
+from vaelab.posteriors.gaussian import Encoded
+from vaelab.vae import VAE
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2016
 
@@ -28,6 +29,9 @@ class ImportanceEstimate(NamedTuple):
 
     log_likelihood: Tensor  # L_k(x), (batch,)
     reconstruction: Tensor  # (1/k) sum_i log p(x|z_i), (batch,): the ELBO's first term
+    kl: Tensor  # KL(q(z|x) || p(z)), (batch,): closed form, or the mean over the k draws
+    kl_per_dim: Tensor | None  # (batch, num_units), where the KL is a sum over units
+    posterior_mean: Tensor  # E_q[z], (batch, num_units): closed form or the mean of the draws
 
 
 @torch.no_grad()
@@ -37,34 +41,60 @@ def importance_weighted_estimate(
     num_samples: int,
     chunk_size: int,
     generator: torch.Generator,
-    posterior: tuple[Tensor, Tensor] | None = None,
+    posterior: Encoded | None = None,
 ) -> ImportanceEstimate:
     """L_k(x) with k = num_samples, decoding chunk_size draws of z per example at a time.
 
     Draw i is the i-th `randn` call of `generator` whatever the chunk size, so one generator
-    state gives the same estimate for every chunk size (up to float rounding). `posterior` is
-    model.encode(x) when the caller has it already.
+    state gives the same estimate for every chunk size (up to float rounding). log p(x|z),
+    log p(z) and log q(z|x) come from the model's parts (`VAE.weigh`), so every model with a
+    density is evaluated by this same code. `posterior` is model.encode(x) when the caller has it.
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(f"need num_samples, chunk_size >= 1, got {num_samples}, {chunk_size}")
-    mean, log_var = posterior if posterior is not None else model.encode(x)
+    q = posterior if posterior is not None else model.encode(x)
+    batch, device = len(x), q.mean.device
     # log sum_i w_i, accumulated chunk by chunk: log(a + b) = logaddexp(log a, log b)
-    log_sum = torch.full(mean.shape[:1], -math.inf, dtype=torch.float64, device=mean.device)
-    reconstruction_sum = torch.zeros_like(log_sum)
+    log_sum = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
+    sums: dict[str, Tensor] = {}
     for start in range(0, num_samples, chunk_size):
+        count = min(chunk_size, num_samples - start)
         eps = torch.stack(
             [
-                torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-                for _ in range(min(chunk_size, num_samples - start))
+                torch.randn(
+                    batch, model.noise_dim, generator=generator, device=device, dtype=q.mean.dtype
+                )
+                for _ in range(count)
             ]
         )
-        z = reparameterize(mean, log_var, eps)  # (chunk, batch, latent_dim)
-        log_likelihood = model.likelihood.log_prob(x, model.decode(z))
-        # log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), summed in float64
-        log_weights = log_likelihood.double() + log_prior_ratio(z, eps, log_var).double()
+        weighed = model.weigh(x, q, eps)  # each (chunk, batch)
+        log_weights = (
+            weighed["log_likelihood"].double()
+            + weighed["log_prior"].double()
+            - weighed["log_posterior"].double()
+        )
         log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_weights, dim=0))
-        reconstruction_sum += log_likelihood.double().sum(0)
-    return ImportanceEstimate(log_sum - math.log(num_samples), reconstruction_sum / num_samples)
+        kl, kl_per_dim = model.kl_terms(q, weighed)
+        parts = {
+            "reconstruction": weighed["log_likelihood"].double().sum(0),
+            "kl": kl.double() * count,
+            "posterior_mean": weighed["z"].double().sum(0),
+        }
+        if kl_per_dim is not None:
+            parts["kl_per_dim"] = kl_per_dim.double() * count
+        for name, value in parts.items():
+            sums[name] = sums[name] + value if name in sums else value
+    averages = {name: value / num_samples for name, value in sums.items()}
+    closed_form_mean = model.posterior_mean(q)
+    if closed_form_mean is not None:
+        averages["posterior_mean"] = closed_form_mean.double()
+    return ImportanceEstimate(
+        log_likelihood=log_sum - math.log(num_samples),
+        reconstruction=averages["reconstruction"],
+        kl=averages["kl"],
+        kl_per_dim=averages.get("kl_per_dim"),
+        posterior_mean=averages["posterior_mean"],
+    )
 
 
 class MeanPerDimension(Metric):

@@ -1,14 +1,17 @@
-"""The VAE as one LightningModule: encoder, decoder, prior N(0, I) and the ELBO.
+"""The VAE as one LightningModule: encoder, posterior, prior, decoder and the ELBO.
 
-Every loss term is per example, in nats (Kingma & Welling 2014, eq. 10; Kingma 2017, ch. 2):
+A model is a posterior q(z|x) (`model/posterior`), a prior p(z) (`model/prior`), a likelihood
+p(x|z) (`model/likelihood`) and an objective. Every loss term is per example, in nats (Kingma &
+Welling 2014, eq. 10; Kingma 2017, ch. 2):
 
     reconstruction = E_q(z|x)[log p(x|z)]   (`num_samples` Monte-Carlo draws, all constants)
-    kl             = KL(q(z|x) || N(0, I))  (closed form)
+    kl             = KL(q(z|x) || p(z))     closed form for a Gaussian q and p = N(0, I), else
+                                            mean_s log q(z_s|x) - log p(z_s) over the draws
     elbo           = reconstruction - kl    (a lower bound on log p(x))
     loss           = -(reconstruction - beta_t * kl), averaged over the batch
 
 beta_t rises linearly from 0 to `kl_weight` over `kl_warmup_steps` optimizer steps. With
-`stochastic=False` the module is a plain autoencoder: z = mean, no sampling and no KL.
+`stochastic=False` the module is a plain autoencoder: z = encoder(x), no sampling and no KL.
 
 Two training objectives (`objective`); the logged elbo, reconstruction and kl stay the true ones:
 
@@ -30,29 +33,12 @@ from torchmetrics import MeanMetric
 
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import Likelihood
+from vaelab.posteriors.gaussian import Encoded, GaussianPosterior, gaussian_kl
+from vaelab.priors.normal import NormalPrior
 
 TERMS = ("elbo", "reconstruction", "kl", "bits_per_dim")
 STAGES = ("val", "test")
 OBJECTIVES = ("elbo", "iwae")
-
-
-def gaussian_kl(mean: Tensor, log_var: Tensor) -> Tensor:
-    """KL(N(mean, exp(log_var)) || N(0, 1)) per dimension: (mean^2 + var - 1 - log var) / 2."""
-    return 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var)
-
-
-def reparameterize(mean: Tensor, log_var: Tensor, eps: Tensor) -> Tensor:
-    """z = mean + sigma * eps with sigma = exp(log_var / 2): a differentiable draw from q(z|x)."""
-    return mean + torch.exp(0.5 * log_var) * eps
-
-
-def log_prior_ratio(z: Tensor, eps: Tensor, log_var: Tensor) -> Tensor:
-    """log p(z) - log q(z|x) for z = mean + sigma * eps, summed over latent dimensions.
-
-    log N(z; 0, I) - log N(z; mean, diag sigma^2) = -sum_j (z_j^2 - eps_j^2 - log sigma_j^2) / 2,
-    since (z - mean) / sigma = eps; the log(2 pi) terms cancel.
-    """
-    return -0.5 * (z.square() - eps.square() - log_var).sum(-1)
 
 
 def iwae_bound(log_weights: Tensor) -> Tensor:
@@ -68,6 +54,8 @@ class VAE(LightningModule):
         likelihood: Likelihood,
         image_shape: Sequence[int],
         latent_dim: int = 10,
+        posterior: Callable[..., GaussianPosterior] = GaussianPosterior,
+        prior: Callable[..., NormalPrior] = NormalPrior,
         kl_weight: float = 1.0,
         kl_warmup_steps: int = 0,
         num_samples: int = 1,
@@ -116,8 +104,17 @@ class VAE(LightningModule):
         self.objective = objective
         self.free_bits = free_bits
         self.likelihood = likelihood
+        self.posterior = posterior(latent_dim)
+        self.prior = prior(latent_dim, image_shape=self.image_shape)
+        if free_bits > 0 and not self.closed_form_kl:
+            raise ConfigError(
+                "model.free_bits needs the KL per latent dimension, which only the gaussian "
+                "posterior with the normal prior has: set model.free_bits=0"
+            )
         channels, height, width = self.image_shape
-        self.encoder = encoder(self.image_shape, latent_dim * (2 if stochastic else 1))
+        self.encoder = encoder(
+            self.image_shape, self.posterior.num_features if stochastic else latent_dim
+        )
         self.decoder = decoder(latent_dim, (likelihood.num_params * channels, height, width))
         if compile:  # in place: parameter names, and so checkpoints, stay those of the plain nets
             self.encoder.compile()
@@ -129,14 +126,33 @@ class VAE(LightningModule):
             {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in TERMS}
         )
 
+    @property
+    def closed_form_kl(self) -> bool:
+        """Whether KL(q || p) has a closed form: a Gaussian posterior and the N(0, I) prior."""
+        return self.posterior.gaussian and self.prior.standard
+
+    @property
+    def num_units(self) -> int:
+        """Latent units counted by active units and KL per dimension (all stochastic layers)."""
+        return self.latent_dim
+
+    @property
+    def noise_dim(self) -> int:
+        """The size of the standard-normal noise eps behind one draw z ~ q(z|x)."""
+        return self.latent_dim
+
     # The model interface used by evaluation, callbacks and comparison.
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """q(z|x) as (mean, log_var); log_var is None for a deterministic autoencoder."""
+    def encode(self, x: Tensor) -> Encoded:
+        """q(z|x)'s parameters; log_var is None for a deterministic autoencoder."""
         features = self.encoder(x)
         if not self.stochastic:
-            return features, None
-        mean, log_var = features.chunk(2, dim=-1)
-        return mean, log_var
+            return Encoded(features, None)
+        return self.posterior.split(features)
+
+    def code(self, x: Tensor) -> Tensor:
+        """The one code that stands for x in pictures: the posterior's mean (before noise)."""
+        q = self.encode(x)
+        return q.mean if q.log_var is None else self.posterior.code(q)
 
     def decode(self, z: Tensor) -> Tensor:
         """The likelihood's parameters for codes z (..., latent_dim): logits or means."""
@@ -148,42 +164,70 @@ class VAE(LightningModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decode draws from the prior N(0, I) to images E[x|z]."""
-        z = torch.randn(num_samples, self.latent_dim, generator=generator, device="cpu")
-        return self.decode_mean(z.to(self.device))
+        """Decode draws from the prior to images E[x|z]."""
+        z = self.prior.sample(num_samples, self.encode, generator)
+        return self.decode_mean(z.to(self.device, self.dtype))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        """E[x|z] at z = the mean of q(z|x)."""
-        return self.decode_mean(self.encode(x)[0])
+        """E[x|z] at the code of x."""
+        return self.decode_mean(self.code(x))
 
-    def draw(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
-        """Per draw z_s ~ q(z|x): `log_likelihood` log p(x|z_s) and `log_prior_ratio`
-        log p(z_s) - log q(z_s|x), each (samples, batch); `kl_per_dim` (batch, latent_dim).
+    def weigh(self, x: Tensor, q: Encoded, eps: Tensor) -> dict[str, Tensor]:
+        """For draws z_s from q(z|x) made of noise eps (samples, batch, noise_dim): `z`,
+        `log_likelihood` log p(x|z_s), `log_prior` log p(z_s) and `log_posterior` log q(z_s|x),
+        each (samples, batch)."""
+        z, log_posterior = self.posterior.rsample(q, eps)
+        return {
+            "z": z,
+            "log_likelihood": self.likelihood.log_prob(x, self.decode(z)),
+            "log_prior": self.prior.log_prob(z, self.encode),
+            "log_posterior": log_posterior,
+        }
 
-        A deterministic autoencoder has one "draw", z = mean, with ratio and KL zero.
+    def kl_terms(self, q: Encoded, weighed: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """KL(q(z|x) || p(z)) per example, and per latent unit (batch, num_units) where it is a
+        sum over units: closed form when there is one, else mean_s log q(z_s|x) - log p(z_s)."""
+        if self.closed_form_kl:
+            kl_per_dim = gaussian_kl(q.mean, q.log_var)
+            return kl_per_dim.sum(-1), kl_per_dim
+        return (weighed["log_posterior"] - weighed["log_prior"]).mean(0), None
+
+    def posterior_mean(self, q: Encoded) -> Tensor | None:
+        """E_q[z] (batch, num_units) where it has a closed form; None: estimate it from draws."""
+        return self.posterior.mean(q)
+
+    def draw(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor | None]:
+        """`log_likelihood` log p(x|z_s) and `log_prior_ratio` log p(z_s) - log q(z_s|x), each
+        (samples, batch), for z_s ~ q(z|x); `kl` (batch,) and `kl_per_dim` (kl_terms).
+
+        A deterministic autoencoder has one "draw", z = its code, with ratio and KL zero.
         """
-        mean, log_var = self.encode(x)
-        if log_var is None:
-            log_likelihood = self.likelihood.log_prob(x, self.decode(mean))[None]
+        q = self.encode(x)
+        if q.log_var is None:
+            log_likelihood = self.likelihood.log_prob(x, self.decode(q.mean))[None]
             return {
                 "log_likelihood": log_likelihood,
                 "log_prior_ratio": torch.zeros_like(log_likelihood),
-                "kl_per_dim": torch.zeros_like(mean),
+                "kl": torch.zeros_like(log_likelihood[0]),
+                "kl_per_dim": torch.zeros_like(q.mean),
             }
-        eps = torch.randn((num_samples or self.num_samples, *mean.shape), device=mean.device)
-        z = reparameterize(mean, log_var, eps)  # (samples, batch, latent_dim)
+        shape = (num_samples or self.num_samples, len(x), self.noise_dim)
+        eps = torch.randn(shape, device=x.device)
+        weighed = self.weigh(x, q, eps.to(q.mean.dtype))
+        kl, kl_per_dim = self.kl_terms(q, weighed)
         return {
-            "log_likelihood": self.likelihood.log_prob(x, self.decode(z)),
-            "log_prior_ratio": log_prior_ratio(z, eps, log_var),
-            "kl_per_dim": gaussian_kl(mean, log_var),
+            "log_likelihood": weighed["log_likelihood"],
+            "log_prior_ratio": weighed["log_prior"] - weighed["log_posterior"],
+            "kl": kl,
+            "kl_per_dim": kl_per_dim,
         }
 
     @staticmethod
     def elbo_terms(draws: dict[str, Tensor]) -> dict[str, Tensor]:
         """Per-example `elbo`, `reconstruction` and `kl` in nats from `draw`'s output."""
         reconstruction = draws["log_likelihood"].mean(0)
-        kl = draws["kl_per_dim"].sum(-1)
+        kl = draws["kl"]
         return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
 
     def elbo(self, x: Tensor, num_samples: int | None = None) -> dict[str, Tensor]:
@@ -196,8 +240,10 @@ class VAE(LightningModule):
             log_weights = draws["log_likelihood"] + kl_weight * draws["log_prior_ratio"]
             return -iwae_bound(log_weights).mean()
         reconstruction = draws["log_likelihood"].mean(0).mean()
-        # KL per latent dimension averaged over the batch, floored at lambda (Kingma et al. 2016)
-        kl = draws["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
+        if self.free_bits > 0:  # KL per latent dimension averaged over the batch, floored
+            kl = draws["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
+        else:
+            kl = draws["kl"].mean()
         return -(reconstruction - kl_weight * kl)
 
     def bits_per_dim(self, elbo: Tensor) -> Tensor:

@@ -15,7 +15,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from vaelab.vae import VAE, gaussian_kl
+from vaelab.posteriors.gaussian import gaussian_kl
+from vaelab.vae import VAE
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def reconstructions(model: VAE, images: Tensor) -> Tensor:
 @torch.no_grad()
 def interpolations(model: VAE, images: Tensor, steps: int) -> Tensor:
     """Each row decodes codes on the straight line between the codes of two images."""
-    codes = model.encode(images)[0]
+    codes = model.code(images)
     start, end = codes[0::2], codes[1::2]
     count = min(len(start), len(end))
     weights = torch.linspace(0, 1, steps, device=codes.device).view(1, steps, 1)
@@ -42,17 +43,19 @@ def interpolations(model: VAE, images: Tensor, steps: int) -> Tensor:
 def traversals(model: VAE, image: Tensor, steps: int, limit: float = 2.0) -> Tensor:
     """Row i varies latent dimension i over [-limit, limit] from the code of one image.
 
-    For a VAE rows go in order of decreasing KL on the image (the dimensions it uses first);
+    For a VAE with a closed-form KL rows go in order of decreasing KL on the image (the
+    dimensions it uses first), for other VAEs in index order;
     for an autoencoder, whose codes have no prior, each row spans that dimension's range in
     `model`'s codes of the batch it was given.
     """
-    mean, log_var = model.encode(image[None])
-    mean = mean[0]
-    if log_var is None:
-        order = torch.arange(model.latent_dim, device=mean.device)
+    q = model.encode(image[None])
+    mean = model.code(image[None])[0]
+    order = torch.arange(model.latent_dim, device=mean.device)
+    if not model.stochastic:
         low, high = mean - limit, mean + limit
     else:
-        order = gaussian_kl(mean, log_var[0]).argsort(descending=True)
+        if model.closed_form_kl:
+            order = gaussian_kl(q.mean[0], q.log_var[0]).argsort(descending=True)
         low = torch.full_like(mean, -limit)
         high = torch.full_like(mean, limit)
     values = torch.linspace(0, 1, steps, device=mean.device)
