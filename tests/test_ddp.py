@@ -135,3 +135,30 @@ def test_each_ddp_rank_draws_its_own_noise_stream():
     assert not torch.equal(rank0, rank1)
     assert not torch.equal(rank0, single)
     assert torch.equal(rank1, draws(1, 2))  # and each rank's stream is reproducible
+
+
+FAMILY = ("iaf_vae", "vamp_vae", "mog_vae")
+
+
+@pytest.mark.slow
+def test_every_family_member_trains_and_tests_on_two_processes(tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [
+        f"model={','.join(FAMILY)}",
+        "data=sprites",
+        "data.size=200",
+        "data.batch_size=8",
+        "data.eval_batch_size=10",
+        "model.latent_dim=3",
+        "trainer.max_steps=3",
+        "trainer.accelerator=cpu",
+        *TWO_PROCESSES,
+    ]
+    train_cli(tmp_path, "-m", *overrides, f"hydra.sweep.dir={sweep}")
+    for job, model in enumerate(FAMILY):
+        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
+        assert metrics["status"] == "ok" and metrics["global_step"] == 3, model
+        assert metrics["test/elbo"] == pytest.approx(
+            metrics["test/reconstruction"] - metrics["test/kl"], rel=1e-5
+        )
+        assert (sweep / str(job) / "images" / "test_samples.png").is_file()

@@ -59,7 +59,9 @@ def read_metrics(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("data", ["sprites64", "mnist28", "cifar32x3"])
-@pytest.mark.parametrize("model", ["mlp_vae", "conv_vae", "ae", "linear_ae"])
+@pytest.mark.parametrize(
+    "model", ["mlp_vae", "conv_vae", "ae", "linear_ae", "iaf_vae", "vamp_vae", "mog_vae"]
+)
 def test_every_model_on_every_data_shape(model, data, tmp_path, monkeypatch):
     cfg = make_cfg(
         tmp_path, [f"model={model}", "debug=fdr", *data_overrides(data, tmp_path, monkeypatch)]
@@ -195,6 +197,23 @@ def test_cli_user_errors_are_one_line(tmp_path, override, message):
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    # the config is checked before it is printed: the error is not buried under it
+    assert "latent_dim" not in result.stdout and "run folder" not in result.stdout
+
+
+@pytest.mark.slow
+def test_cli_output_is_the_summary_the_progress_bar_and_no_unactionable_lines(tmp_path):
+    result = run_cli(tmp_path, *TINY_SPRITES, "debug=limit", "trainer.max_epochs=1", "logger=wandb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    for unactionable in ("litlogger", "LeafSpec", "anonymous", "already configured"):
+        assert unactionable not in output
+    (run,) = [p.parent for p in tmp_path.glob("*/*/metrics.json")]
+    lines = result.stdout.splitlines()
+    first_screen = "\n".join(lines[:40])
+    assert f"run folder  {run}" in first_screen
+    assert "latent_dim=10" in first_screen and "SpritesDataModule" in first_screen
+    assert "Epoch 0/0" in first_screen  # the progress bar
 
 
 @pytest.mark.slow

@@ -90,7 +90,12 @@ def make_loggers(logger_cfg: DictConfig | None, log_dir: str = "outputs") -> lis
     """Instantiate every logger in the `logger` group, switching W&B offline when it must."""
     loggers = []
     for cfg in (logger_cfg or {}).values():
-        if cfg.get("_target_") == WANDB_TARGET:
-            cfg = wandb_config(cfg, log_dir)
-        loggers.append(instantiate(cfg))
+        if cfg.get("_target_") != WANDB_TARGET:
+            loggers.append(instantiate(cfg))
+            continue
+        logger = instantiate(wandb_config(cfg, log_dir))
+        # Lightning passes anonymous=None to wandb.init, which then warns that the setting is
+        # deprecated: a line the user cannot act on. Leave the argument out.
+        getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+        loggers.append(logger)
     return loggers

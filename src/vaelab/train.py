@@ -12,6 +12,7 @@ import logging
 import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -25,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
-from vaelab.config import print_config_tree, save_config
+from vaelab.config import print_config_summary, print_config_tree, save_config
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
@@ -73,11 +74,29 @@ def scalars(results: list[dict]) -> dict[str, float]:
     return {k: float(v) for result in results for k, v in result.items()}
 
 
-def route_lightning_logs() -> None:
-    """Send Lightning's messages through Hydra's handlers only (console and train.log), once."""
+# Lines a user cannot act on: Lightning's advert for its own logger, its note that our
+# RichModelSummary replaces its default one, and torch's deprecation of a class Lightning uses.
+UNACTIONABLE_LOGS = ("litlogger", "Trainer already configured with model summary callbacks")
+UNACTIONABLE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
+
+
+def drop_unactionable(record: logging.LogRecord) -> bool:
+    """A logging filter: False for the messages in UNACTIONABLE_LOGS."""
+    message = record.getMessage()
+    return not any(text in message for text in UNACTIONABLE_LOGS)
+
+
+def quiet_lightning() -> None:
+    """Send Lightning's messages through Hydra's handlers only (console and train.log), once,
+    without the lines and warnings a user cannot act on."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if drop_unactionable not in rank_zero_log.filters:
+        rank_zero_log.addFilter(drop_unactionable)
+    for pattern in UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def in_multirun() -> bool:
@@ -86,9 +105,8 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; return the final metrics."""
-    route_lightning_logs()
+    quiet_lightning()
     output_dir = Path(cfg.paths.output_dir)
-    print_config_tree(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
     try:
@@ -98,6 +116,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             discard_run_folder(output_dir)
         raise
     save_config(cfg, output_dir / "config.yaml")
+    if cfg.get("print_config", "summary") == "full":
+        print_config_tree(cfg)
+    else:
+        print_config_summary(cfg, output_dir)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = make_loggers(cfg.get("logger"), cfg.paths.log_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
