@@ -31,6 +31,7 @@ from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
 from vaelab.preflight import check_devices
+from vaelab.requeue import follow_requeue
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def in_multirun() -> bool:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; return the final metrics."""
     quiet_lightning()
+    follow_requeue(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("float32_matmul_precision", "highest"))
