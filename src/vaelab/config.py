@@ -1,5 +1,6 @@
-"""Printing, saving and checking the composed Hydra config."""
+"""Printing and saving the composed Hydra config, and the run's metrics file."""
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,3 +71,8 @@ def save_config(cfg: DictConfig, path: Path) -> None:
     """Write the resolved config, the exact settings of this run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+@rank_zero_only
+def write_metrics(path: Path, metrics: dict) -> None:
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
-from vaelab.errors import ConfigError
+from vaelab.components import build
+from vaelab.config import write_metrics
+from vaelab.errors import ConfigError, user_error
 from vaelab.metrics import (
     MeanPerDimension,
     UnitActivity,
@@ -51,8 +53,9 @@ def evaluate(
 
     nll = -mean_x L_k(x) (Burda et al. 2016) and nll_bits_per_dim = nll / (D ln 2); elbo,
     reconstruction and kl from the same k draws (kl in closed form); active_units and
-    kl_dim_NN, the KL of latent dimension NN averaged over the data. A deterministic
-    autoencoder gets the reconstruction at z = E[z|x] and active units only. `prepare_batch`
+    kl_dim_NN, the KL of latent dimension NN averaged over the data. A deterministic model
+    gets the reconstruction, kl and elbo of its `draw` (kl 0 for an autoencoder) and active
+    units, and the metrics of its `extra_metrics()`. `prepare_batch`
     turns a batch on the model's device into floats (a datamodule's `on_after_batch_transfer`).
     Metrics add up across DDP ranks when each rank passes its own shard of the data.
     """
@@ -66,13 +69,19 @@ def evaluate(
     }
     kl_per_dim = MeanPerDimension(model.num_units).to(device)
     activity = UnitActivity(model.num_units).to(device)
+    extras = {name: metric.to(device) for name, metric in model.extra_metrics().items()}
     for batch in dataloader:
         batch = move_data_to_device(batch, device)
         x = (prepare_batch(batch) if prepare_batch else batch)[0]
         q = model.encode(x)
         if q.log_var is None:
             activity.update(q.mean)
-            averages["reconstruction"].update(model.likelihood.log_prob(x, model.decode(q.mean)))
+            draws = model.draw(x)
+            terms = model.elbo_terms(draws)
+            averages["reconstruction"].update(terms["reconstruction"])
+            averages["kl"].update(terms["kl"])
+            for metric in extras.values():
+                metric.update(draws)
             continue
         estimate = importance_weighted_estimate(
             model, x, num_importance_samples, chunk_size, generator, posterior=q
@@ -87,7 +96,7 @@ def evaluate(
 
     bits = model.num_dims * math.log(2)  # nats per image -> bits per dimension
     reconstruction = float(averages["reconstruction"].compute())
-    kl = float(averages["kl"].compute()) if model.stochastic else 0.0
+    kl = float(averages["kl"].compute())
     results: dict[str, float] = {}
     if model.stochastic:
         nll = -float(averages["log_likelihood"].compute())
@@ -99,6 +108,7 @@ def evaluate(
         "bits_per_dim": -(reconstruction - kl) / bits,
         "active_units": count_active_units(activity.compute()),
         "num_examples": int(activity.count),
+        **{name: float(metric.compute()) for name, metric in extras.items()},
     }
     if model.stochastic:
         results["num_importance_samples"] = num_importance_samples
@@ -191,9 +201,7 @@ def run_config(cfg: DictConfig, ckpt_path: Path, overrides: Sequence[str]) -> Di
 
 
 def load_model(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[L.LightningDataModule, VAE]:
-    """The datamodule and the checkpoint's model, rebuilt as `vaelab.train.build` builds them."""
-    from vaelab.train import build  # imported here: train.py imports this module's hook
-
+    """The datamodule and the checkpoint's model, built as `vaelab.components.build` does."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError(
             "give the checkpoint to evaluate: ckpt_path=<a .ckpt file, a run folder or last>"
@@ -213,8 +221,6 @@ def device_for(name: str) -> torch.device:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate `cfg.ckpt_path`; print the table and write metrics.json to the output folder."""
-    from vaelab.train import write_metrics  # imported here: train.py imports this module's hook
-
     datamodule, model = load_model(cfg, command_line_overrides())
     model.to(device_for(cfg.eval.device))
     results = evaluate_split(model, datamodule, cfg.eval.split, cfg.eval)
@@ -228,8 +234,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def main(cfg: DictConfig) -> dict[str, float]:
     """The entry point evaluate.py calls: user errors become one line and exit code 1."""
-    from vaelab.train import user_error  # imported here: train.py imports this module's hook
-
     try:
         return run(cfg)
     except Exception as error:

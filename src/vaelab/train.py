@@ -7,7 +7,6 @@ python train.py -m model.kl_weight=1,4                 # a sweep, one run folder
 """
 
 import contextlib
-import json
 import logging
 import shutil
 import signal
@@ -20,39 +19,20 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
-from vaelab.config import print_config_summary, print_config_tree, save_config
-from vaelab.errors import ConfigError, VaelabError
+from vaelab.components import build
+from vaelab.config import print_config_summary, print_config_tree, save_config, write_metrics
+from vaelab.errors import VaelabError, user_error
 from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
 from vaelab.preflight import check_devices
 from vaelab.requeue import follow_requeue
 
 log = logging.getLogger(__name__)
-
-
-def user_error(error: BaseException) -> VaelabError | None:
-    """The user's mistake behind an exception (Hydra wraps errors raised while instantiating)."""
-    while error is not None:
-        if isinstance(error, VaelabError):
-            return error
-        if isinstance(error, MisconfigurationException):
-            return ConfigError(str(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The datamodule and the model, checked against each other."""
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, image_shape=datamodule.image_shape, _convert_="all")
-    model.likelihood.check_data(datamodule.binary)
-    return datamodule, model
 
 
 def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, str | None]:
@@ -64,11 +44,6 @@ def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, 
         check_checkpoint(ckpt_path, model)
     datamodule.setup()  # a missing dataset fails here, before W&B starts
     return datamodule, model, ckpt_path
-
-
-@rank_zero_only
-def write_metrics(path: Path, metrics: dict) -> None:
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def scalars(results: list[dict]) -> dict[str, float]:

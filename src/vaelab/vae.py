@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from lightning import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import Likelihood
@@ -192,6 +192,11 @@ class VAE(LightningModule):
             kl_per_dim = gaussian_kl(q.mean, q.log_var)
             return kl_per_dim.sum(-1), kl_per_dim
         return (weighed["log_posterior"] - weighed["log_prior"]).mean(0), None
+
+    def extra_metrics(self) -> dict[str, Metric]:
+        """Metrics beyond the ELBO's terms that `evaluate` reports for a deterministic model,
+        each updated with `draw`'s output (VQ-VAE: the codebook perplexity)."""
+        return {}
 
     def posterior_mean(self, q: Encoded) -> Tensor | None:
         """E_q[z] (batch, num_units) where it has a closed form; None: estimate it from draws."""
