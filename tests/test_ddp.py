@@ -137,7 +137,7 @@ def test_each_ddp_rank_draws_its_own_noise_stream():
     assert torch.equal(rank1, draws(1, 2))  # and each rank's stream is reproducible
 
 
-FAMILY = ("iaf_vae", "vamp_vae", "mog_vae")
+FAMILY = ("iaf_vae", "vamp_vae", "mog_vae", "hvae2", "vq_vae")
 
 
 @pytest.mark.slow
@@ -149,7 +149,6 @@ def test_every_family_member_trains_and_tests_on_two_processes(tmp_path):
         "data.size=200",
         "data.batch_size=8",
         "data.eval_batch_size=10",
-        "model.latent_dim=3",
         "trainer.max_steps=3",
         "trainer.accelerator=cpu",
         *TWO_PROCESSES,

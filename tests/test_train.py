@@ -60,7 +60,11 @@ def read_metrics(folder: Path) -> dict:
 
 @pytest.mark.parametrize("data", ["sprites64", "mnist28", "cifar32x3"])
 @pytest.mark.parametrize(
-    "model", ["mlp_vae", "conv_vae", "ae", "linear_ae", "iaf_vae", "vamp_vae", "mog_vae"]
+    "model",
+    [
+        *("mlp_vae", "conv_vae", "ae", "linear_ae"),
+        *("iaf_vae", "vamp_vae", "mog_vae", "hvae2", "vq_vae"),
+    ],
 )
 def test_every_model_on_every_data_shape(model, data, tmp_path, monkeypatch):
     cfg = make_cfg(
