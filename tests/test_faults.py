@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -182,20 +183,26 @@ def logged_steps(log_dir: Path) -> int:
     return max(len(files[0].read_text().splitlines()) - 1, 0) if files else 0
 
 
-def kill_mid_epoch(log_dir: Path, signum: int) -> tuple[Path, str]:
+def kill_mid_epoch(
+    log_dir: Path, signum: int, overrides: list[str] = KILL, steps_per_epoch: int = STEPS_PER_EPOCH
+) -> tuple[Path, str]:
     """Start a run, signal it a few steps into its second epoch; its last.ckpt and stderr."""
-    process = run_train(log_dir, *KILL, wait=False)
+    process = run_train(log_dir, *overrides, wait=False)
     deadline = time.time() + 240
-    while logged_steps(log_dir) < STEPS_PER_EPOCH + 5:
+    while logged_steps(log_dir) < steps_per_epoch + 5:
         assert process.poll() is None and time.time() < deadline, process.communicate()
         time.sleep(0.02)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()  # a hung DDP rank 0; rank 1 then fails on the closed connection
+        raise
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     (last,) = log_dir.glob("*/*/checkpoints/last.ckpt")
     assert f"resume with ckpt_path={last}" in stderr
     step = torch.load(last, weights_only=True)["global_step"]
-    assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH, f"not mid-epoch: step {step}"
+    assert steps_per_epoch < step < 2 * steps_per_epoch, f"not mid-epoch: step {step}"
     return last, stderr
 
 
@@ -218,3 +225,44 @@ def test_kill_mid_epoch_and_resume_gives_the_same_run(tmp_path):
     assert resumed_metrics["global_step"] == whole_metrics["global_step"] == 2 * STEPS_PER_EPOCH
     for key in ("val/elbo", "val/kl", "test/elbo", "test/reconstruction"):
         assert resumed_metrics[key] == pytest.approx(whole_metrics[key], rel=1e-6), key
+
+
+# the default mlp_vae (a fresh eps per example and step) on 2 CPU processes, 22 steps an epoch
+DDP_KILL = [
+    "data.size=200",
+    "data.batch_size=4",
+    "data.eval_batch_size=20",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy=ddp",
+    "trainer.deterministic=true",
+    "seed=3",
+    "logger=csv",
+    "trainer.log_every_n_steps=1",
+    "+logger.csv.flush_logs_every_n_steps=1",
+    "~callbacks.latent_images",
+]
+
+
+@pytest.mark.slow
+def test_ddp_kill_mid_epoch_and_resume_gives_the_same_run(tmp_path):
+    """Every rank gets its own generators back: the same weights and metrics, bit for bit."""
+    killed, _ = kill_mid_epoch(tmp_path / "killed", signal.SIGTERM, DDP_KILL, 180 // (2 * 4))
+    resumed = run_train(tmp_path / "resumed", *DDP_KILL, f"ckpt_path={killed.parent.parent}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = run_train(tmp_path / "whole", *DDP_KILL)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    runs = [run_folder(tmp_path / name) for name in ("resumed", "whole")]
+    resumed_weights, whole_weights = (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for run in runs
+    )
+    assert resumed_weights.keys() == whole_weights.keys()
+    for name, tensor in whole_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+    resumed_metrics, whole_metrics = (
+        json.loads((run / "metrics.json").read_text()) for run in runs
+    )
+    del resumed_metrics["best_checkpoint"], whole_metrics["best_checkpoint"]
+    assert resumed_metrics == whole_metrics

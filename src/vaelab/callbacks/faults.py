@@ -1,5 +1,6 @@
 """Faults that must lose nothing: a NaN loss, pre-emption (SIGTERM), Ctrl-C, and exact resuming."""
 
+import logging
 import os
 import random
 import signal
@@ -7,10 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vaelab.errors import VaelabError
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(VaelabError):
@@ -66,13 +70,21 @@ class CheckpointOnInterrupt(Callback):
     The first Ctrl-C is turned into a SIGTERM, which Lightning handles after the current
     optimizer step, so the checkpoint holds a consistent state; a second Ctrl-C stops at once.
     Errors (a NaN loss, a bug) save nothing, so they cannot overwrite the last good checkpoint.
+
+    Under DDP a signal reaches the ranks at different moments (often only rank 0), and Lightning's
+    handler broadcasts from inside the signal handler, which can pair with another collective and
+    hang. So from the start of training its handler here only takes note; after every training
+    step the ranks agree whether any of them was signalled, then all stop after that same step and
+    save together. A second Ctrl-C saves nothing under DDP: the ranks are not at one point.
     """
 
     def __init__(self, dirpath: str, filename: str = "last") -> None:
         self.path = os.path.join(dirpath, f"{filename}.ckpt")
         self.previous_handler: Any = None
+        self.signalled = False
 
     def on_fit_start(self, trainer: Trainer, module: LightningModule) -> None:
+        self.signalled = False
         self.previous_handler = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self.on_ctrl_c)
 
@@ -81,6 +93,21 @@ class CheckpointOnInterrupt(Callback):
         print("\nCtrl-C: saving a checkpoint after this step (press again to stop at once)")
         os.kill(os.getpid(), signal.SIGTERM)
 
+    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
+        if trainer.world_size > 1:  # Lightning restores its saved handlers when the fit ends
+            signal.signal(signal.SIGTERM, self.on_sigterm)
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def on_train_batch_end(
+        self, trainer: Trainer, module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
+            self.signalled, all=False
+        ):
+            trainer._signal_connector.received_sigterm = True  # Lightning stops after this step
+
     def on_fit_end(self, trainer: Trainer, module: LightningModule) -> None:
         if self.previous_handler is not None:
             signal.signal(signal.SIGINT, self.previous_handler)
@@ -88,28 +115,63 @@ class CheckpointOnInterrupt(Callback):
     def on_exception(
         self, trainer: Trainer, module: LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+        if isinstance(exception, SIGTERMException) or (
+            isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1
+        ):
             trainer.save_checkpoint(self.path)
         self.on_fit_end(trainer, module)
 
 
 class RandomState(Callback):
-    """Save the random generators in checkpoints and restore them when training resumes; give
-    each DDP rank its own stream.
+    """Save every rank's random generators in checkpoints and restore them when training resumes;
+    give each DDP rank its own stream.
 
     They are restored at the start of training (after any sanity-check validation), so a run
-    resumed mid-epoch draws the same noise and binarisations as one that never stopped. Under
-    DDP every rank starts from the same seed (so the model starts the same everywhere); at the
-    start of training each rank then reseeds with a seed drawn from that common stream plus its
-    rank, so the ranks draw different noise for their shards. Checkpoints hold rank 0's
-    generators: a resumed DDP run restores them on every rank and reseeds from them, so it goes
-    on with new streams, the same in distribution but not bit for bit.
+    resumed mid-epoch draws the same noise and binarisations as one that never stopped, on every
+    rank. Under DDP every rank starts from the same seed (so the model starts the same everywhere);
+    at the start of a fresh training each rank then reseeds with a seed drawn from that common
+    stream plus its rank, so the ranks draw different noise for their shards. A resumed run with
+    the same number of processes gives each rank back its own generators and does not reseed. A
+    checkpoint from another number of processes (or one from before every rank's generators were
+    saved) restores rank 0's on every rank and reseeds them: the resumed run goes on with new
+    streams, the same in distribution but not bit for bit.
     """
 
     def __init__(self) -> None:
-        self.restored: dict[str, Any] | None = None
+        self.restored: list[dict[str, Any]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
+        if not (dist.is_available() and dist.is_initialized()):
+            return {"ranks": [self.capture()]}
+        # Trainer.save_checkpoint builds the checkpoint on every rank, then waits for all at a
+        # barrier, so every rank is here together (CheckpointOnInterrupt keeps that so on signals)
+        ranks: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, self.capture())
+        return {"ranks": ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restored = state.get("ranks", [state])  # older checkpoints hold rank 0's only
+
+    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
+        saved, self.restored = self.restored, None
+        if saved is not None and len(saved) == trainer.world_size:
+            self.restore(saved[trainer.global_rank])
+            return
+        if saved is not None:
+            self.restore(saved[0])
+            if trainer.global_rank == 0:
+                log.warning(
+                    f"the checkpoint holds the random generators of {len(saved)} process(es) and "
+                    f"this run has {trainer.world_size}: every rank starts from rank 0's, so the "
+                    "resumed run is the same as one never stopped in distribution, not bit for bit"
+                )
+        if trainer.world_size > 1:
+            base = int(torch.randint(2**31 - trainer.world_size, ()))  # from the common seed
+            seed_everything(base + trainer.global_rank, workers=True, verbose=False)
+
+    @staticmethod
+    def capture() -> dict[str, Any]:
+        """This process's generators."""
         numpy_state = np.random.get_state()
         state = {
             "torch": torch.get_rng_state(),
@@ -119,18 +181,9 @@ class RandomState(Callback):
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        if "PL_GLOBAL_SEED" in os.environ:  # DDP reseeds from it when validate or test start
+            state["seed"] = int(os.environ["PL_GLOBAL_SEED"])
         return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.restored = state
-
-    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
-        if self.restored is not None:
-            self.restore(self.restored)
-            self.restored = None
-        if trainer.world_size > 1:
-            base = int(torch.randint(2**31 - trainer.world_size, ()))  # from the common seed
-            seed_everything(base + trainer.global_rank, workers=True, verbose=False)
 
     @staticmethod
     def restore(state: dict[str, Any]) -> None:
@@ -140,3 +193,5 @@ class RandomState(Callback):
         keys = state["numpy_keys"].numpy().astype(np.uint32)
         np.random.set_state(("MT19937", keys, state["numpy_position"], 0, 0.0))
         random.setstate((3, tuple(state["python"]), None))
+        if "seed" in state:
+            os.environ["PL_GLOBAL_SEED"] = str(state["seed"])
