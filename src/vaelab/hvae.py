@@ -74,9 +74,7 @@ class HVAE2(VAE):
             compile=compile,
             **kwargs,
         )
-        self.latent_dim = latent_dim
-        self.latent_dim_1 = latent_dim_1
-        self.hparams.update(latent_dim=latent_dim, latent_dim_1=latent_dim_1)
+        self.remember(latent_dim=latent_dim, latent_dim_1=latent_dim_1)
         self.posterior_2 = posterior(latent_dim)
         self.prior = prior(latent_dim, image_shape=self.image_shape)
         if not (self.posterior.gaussian and self.prior.standard):

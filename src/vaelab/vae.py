@@ -25,6 +25,7 @@ Two training objectives (`objective`); the logged elbo, reconstruction and kl st
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from lightning import LightningModule
@@ -83,26 +84,16 @@ class VAE(LightningModule):
                 "has no separate KL term to floor)"
             )
         self.image_shape = tuple(int(size) for size in image_shape)
-        self.save_hyperparameters(
-            {
-                "image_shape": list(self.image_shape),
-                "latent_dim": latent_dim,
-                "kl_weight": kl_weight,
-                "kl_warmup_steps": kl_warmup_steps,
-                "num_samples": num_samples,
-                "stochastic": stochastic,
-                "objective": objective,
-                "free_bits": free_bits,
-            },
-            logger=False,
+        self.save_hyperparameters({"image_shape": list(self.image_shape)}, logger=False)
+        self.remember(
+            latent_dim=latent_dim,
+            kl_weight=kl_weight,
+            kl_warmup_steps=kl_warmup_steps,
+            num_samples=num_samples,
+            stochastic=stochastic,
+            objective=objective,
+            free_bits=free_bits,
         )
-        self.latent_dim = latent_dim
-        self.kl_weight = kl_weight
-        self.kl_warmup_steps = kl_warmup_steps
-        self.num_samples = num_samples
-        self.stochastic = stochastic
-        self.objective = objective
-        self.free_bits = free_bits
         self.likelihood = likelihood
         self.posterior = posterior(latent_dim)
         self.prior = prior(latent_dim, image_shape=self.image_shape)
@@ -125,6 +116,12 @@ class VAE(LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in TERMS}
         )
+
+    def remember(self, **settings: Any) -> None:
+        """Keep settings as attributes and in the checkpoints' hyperparameters."""
+        self.save_hyperparameters({**self.hparams, **settings}, logger=False)
+        for name, value in settings.items():
+            setattr(self, name, value)
 
     @property
     def closed_form_kl(self) -> bool:

@@ -115,28 +115,16 @@ class VQVAE(VAE):
             optimizer=optimizer,
             scheduler=scheduler,
         )
-        self.save_hyperparameters(
-            {
-                **self.hparams,
-                "num_positions": num_positions,
-                "code_dim": code_dim,
-                "codebook_size": codebook_size,
-                "commitment_weight": commitment_weight,
-                "codebook_update": codebook_update,
-                "ema_decay": ema_decay,
-                "ema_epsilon": ema_epsilon,
-                "restart_threshold": restart_threshold,
-            },
-            logger=False,
+        self.remember(
+            num_positions=num_positions,
+            code_dim=code_dim,
+            codebook_size=codebook_size,
+            commitment_weight=commitment_weight,
+            codebook_update=codebook_update,
+            ema_decay=ema_decay,
+            ema_epsilon=ema_epsilon,
+            restart_threshold=restart_threshold,
         )
-        self.num_positions = num_positions
-        self.code_dim = code_dim
-        self.codebook_size = codebook_size
-        self.commitment_weight = commitment_weight
-        self.codebook_update = codebook_update
-        self.ema_decay = ema_decay
-        self.ema_epsilon = ema_epsilon
-        self.restart_threshold = restart_threshold
         codebook = torch.empty(codebook_size, code_dim).uniform_(
             -1 / codebook_size, 1 / codebook_size
         )
