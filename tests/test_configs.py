@@ -4,9 +4,14 @@ import pytest
 from helpers import ROOT, make_cfg
 from hydra.utils import get_class, instantiate
 
-GROUPS = {
-    group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
-    for group in ("data", "model", "model/likelihood", "trainer", "logger", "experiment", "debug")
+GROUPS = {  # every option a user can pick (base_*.yaml are what options build on)
+    group: sorted(
+        p.stem for p in (ROOT / "conf" / group).glob("*.yaml") if not p.stem.startswith("base_")
+    )
+    for group in (
+        *("data", "model", "model/likelihood", "model/posterior", "model/prior"),
+        *("trainer", "logger", "experiment", "debug"),
+    )
 }
 
 
