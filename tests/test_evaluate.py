@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -5,14 +6,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import ROOT, make_cfg, run_python
+from helpers import ROOT, make_cfg, run_python, write_tiny_mnist
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger
 from linear_gaussian import exact_elbo, exact_log_likelihood, linear_gaussian_vae, sample_data
 from omegaconf import OmegaConf
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from vaelab.checkpoints import CheckpointError
 from vaelab.errors import ConfigError
 from vaelab.evaluate import evaluate, evaluate_after_test, load_model, main, run_config
 from vaelab.likelihoods import Gaussian
@@ -20,11 +21,16 @@ from vaelab.pca import PCA
 from vaelab.train import build, train
 
 TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
+SPEC = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
+SCRIPT = importlib.util.module_from_spec(SPEC)  # the top-level evaluate.py
+SPEC.loader.exec_module(SCRIPT)
 
 
 def eval_cfg(output_dir: Path, overrides: list[str]):
+    """The config evaluate.py composes for this command line."""
+    args = SCRIPT.hydra_overrides([f"paths.output_dir={output_dir}", *overrides])
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("evaluate", overrides=[f"paths.output_dir={output_dir}", *overrides])
+        return compose("evaluate", overrides=args)
 
 
 def test_evaluate_matches_the_closed_form_of_a_linear_gaussian_model():
@@ -52,6 +58,18 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     train(make_cfg(run, [*TINY_SPRITES, "debug=limit", "model.latent_dim=3"]))
     return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The last checkpoint of a tiny MNIST run, and the folder its data moved to after training."""
+    tmp = tmp_path_factory.mktemp("mnist")
+    write_tiny_mnist(tmp / "data")
+    mnist = ["data=mnist", f"data.root={tmp / 'data'}", "data.download=false", "data.val_size=10"]
+    settings = [*mnist, "data.batch_size=8", "debug=limit", "model.latent_dim=3"]
+    train(make_cfg(tmp / "run", settings))
+    (tmp / "data").rename(tmp / "moved")
+    return tmp / "run" / "checkpoints" / "last.ckpt", tmp / "moved"
 
 
 def test_evaluate_py_rebuilds_the_run_and_writes_metrics(trained_checkpoint, tmp_path, capsys):
@@ -84,12 +102,34 @@ def test_run_config_takes_key_overrides_and_refuses_group_overrides(tmp_path):
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     run = make_cfg(tmp_path, ["model.latent_dim=7"])
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(run, resolve=True))
-    cfg = eval_cfg(tmp_path / "eval", [f"ckpt_path={ckpt}", "data.eval_batch_size=3"])
-    merged = run_config(cfg, ckpt, ["data.eval_batch_size=3", "eval.chunk_size=5"])
+    overrides = [f"ckpt_path={ckpt}", "data.eval_batch_size=3", "eval.chunk_size=5"]
+    merged = run_config(eval_cfg(tmp_path / "eval", overrides), ckpt)
     assert merged.data.eval_batch_size == 3 and merged.model.latent_dim == 7
     assert build(merged)[1].latent_dim == 7
     with pytest.raises(ConfigError, match="override single keys"):
-        run_config(cfg, ckpt, ["model=conv_vae"])
+        run_config(eval_cfg(tmp_path / "eval", [f"ckpt_path={ckpt}", "model=conv_vae"]), ckpt)
+
+
+def test_checkpoint_without_run_folder_takes_the_named_groups(tmp_path):
+    ckpt = tmp_path / "bare.ckpt"
+    groups = [f"ckpt_path={ckpt}", "model=mlp_vae", "data=mnist"]
+    merged = run_config(eval_cfg(tmp_path, [*groups, "data.root=/x", "model.latent_dim=4"]), ckpt)
+    assert merged.data.root == "/x" and merged.model.latent_dim == 4
+    with pytest.raises(ConfigError, match="data.nonexistent: no such key in the data and model"):
+        run_config(eval_cfg(tmp_path, [*groups, "data.nonexistent=1"]), ckpt)
+    with pytest.raises(ConfigError, match="name the checkpoint's groups, model=... data=..."):
+        run_config(eval_cfg(tmp_path, [f"ckpt_path={ckpt}", "data=mnist"]), ckpt)
+
+
+def test_plain_data_override_finds_the_moved_data(mnist_run, tmp_path, capsys):
+    ckpt, moved = mnist_run
+    overrides = [f"ckpt_path={ckpt}", "eval.num_importance_samples=5"]
+    with pytest.raises(SystemExit):  # the run's config.yaml names the folder the data left
+        main(eval_cfg(tmp_path / "before", overrides))
+    assert capsys.readouterr().err.startswith("error: MNIST not found under")
+    results = main(eval_cfg(tmp_path / "after", [*overrides, f"data.root={moved}"]))
+    assert results["num_examples"] == 20  # the tiny MNIST test set
+    assert json.loads((tmp_path / "after" / "metrics.json").read_text())["nll"] == results["nll"]
 
 
 @pytest.mark.parametrize(
@@ -104,10 +144,39 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys, overrides, message):
     assert printed.startswith(f"error: {message}") and printed.count("\n") == 1
 
 
-def test_checkpoint_of_another_model_is_refused(trained_checkpoint, tmp_path):
-    overrides = [f"ckpt_path={trained_checkpoint}", "model.latent_dim=5"]
-    with pytest.raises(CheckpointError, match="saved by a different model"):
-        load_model(eval_cfg(tmp_path, overrides), overrides)
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.latent_dim=5", "saved by a different model"),  # typed as YAML: an int
+        ("model.encoder.hidden_dims=[32]", "saved by a different model"),  # and a list
+        ("data.nonexistent=1", "data.nonexistent: no such key in "),
+        ("model.optimizer.lrr=1", "model.optimizer.lrr: no such key in "),
+    ],
+)
+def test_bad_run_overrides_are_one_line(mnist_run, tmp_path, capsys, override, message):
+    ckpt, moved = mnist_run
+    with pytest.raises(SystemExit) as exit_info:
+        main(eval_cfg(tmp_path, [f"ckpt_path={ckpt}", f"data.root={moved}", override]))
+    assert exit_info.value.code == 1
+    printed = capsys.readouterr().err
+    assert printed.startswith("error: ") and message in printed and printed.count("\n") == 1
+
+
+def test_images_of_a_checkpoint_without_training(mnist_run, tmp_path):
+    ckpt, moved = mnist_run
+    out = tmp_path / "eval"
+    images = ["eval.images=true", "eval.num_importance_samples=0"]
+    assert main(eval_cfg(out, [f"ckpt_path={ckpt}", f"data.root={moved}", *images])) == {}
+    grids = {  # columns and rows of 28x28 images, each padded by 2 pixels
+        "samples": (8, 8),  # 64 prior samples
+        "reconstructions": (8, 5),  # the 20 test images and theirs
+        "interpolations": (10, 8),  # 8 pairs of the first 16 in 10 steps
+        "traversals": (10, 3),  # one row per latent dimension
+    }
+    for name, (columns, rows) in grids.items():
+        with Image.open(out / "images" / f"test_{name}.png") as picture:
+            assert picture.size == (2 + columns * 30, 2 + rows * 30), name
+    assert not (out / "metrics.json").exists()
 
 
 def test_hook_after_testing_logs_test_metrics(tmp_path):
@@ -138,11 +207,12 @@ def test_deterministic_model_gets_reconstruction_and_active_units_only():
 
 
 @pytest.mark.slow
-def test_evaluate_py_command_line(trained_checkpoint, tmp_path):
-    ckpt = trained_checkpoint
+def test_evaluate_py_command_line(mnist_run, tmp_path):
+    ckpt, moved = mnist_run
     result = run_python(
         ROOT / "evaluate.py",
         f"ckpt_path={ckpt}",
+        f"data.root={moved}",
         "eval.num_importance_samples=10",
         "data.eval_batch_size=4",
         f"paths.log_dir={tmp_path / 'logs'}",

@@ -1,29 +1,32 @@
 """Evaluate a trained model the way the papers do: importance-weighted NLL, ELBO, active units.
 
 python evaluate.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt
-python evaluate.py ckpt_path=... eval.num_importance_samples=5000 ++data.root=../shared/data
+python evaluate.py ckpt_path=... eval.num_importance_samples=5000 data.root=../shared/data
+python evaluate.py ckpt_path=... eval.images=true eval.num_importance_samples=0   # pictures only
 
 The run folder's `config.yaml` (beside `checkpoints/`) rebuilds the datamodule and the model
-exactly as training built them; `data.<key>=` / `model.<key>=` overrides on the command line go
-on top of it. Without that file, this command's own `data` and `model` groups are used.
+exactly as training built them; `data.<key>=` / `model.<key>=` overrides on the command line
+(evaluate.py puts them in `run_overrides`) go on top of it. Without that file, the groups named
+on the command line (`model=... data=...`) are used.
 """
 
 import functools
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import rich
 import rich.table
 import torch
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import move_data_to_device, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
+from vaelab.callbacks.images import LatentImages
 from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
 from vaelab.components import build
 from vaelab.config import write_metrics
@@ -123,8 +126,6 @@ def evaluate_split(
     model: VAE, datamodule: L.LightningDataModule, split: str, eval_cfg: DictConfig
 ) -> dict[str, float]:
     """`evaluate` on the datamodule's `val` or `test` split, batches made as in training."""
-    if split not in ("val", "test"):
-        raise ConfigError(f"eval.split must be val or test, got {split!r}")
     datamodule.setup("test")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     return evaluate(
@@ -175,39 +176,38 @@ def evaluate_after_test(
     return metrics
 
 
-def command_line_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def run_config(cfg: DictConfig, ckpt_path: Path, overrides: Sequence[str]) -> DictConfig:
-    """The data and model settings: the run's config.yaml with this command's data.* and model.*
-    overrides on top, or, without that file, this command's own config."""
+def run_config(cfg: DictConfig, ckpt_path: Path) -> DictConfig:
+    """The data and model settings: the run's config.yaml or, without one, this command's `data`
+    and `model` groups; `cfg.run_overrides` (the command line's data.* and model.*) on top."""
     saved = ckpt_path.resolve().parent.parent / "config.yaml"
-    if not saved.is_file():
-        print(f"no {saved}: using this command's data and model settings")
-        return cfg
-    run_cfg = OmegaConf.load(saved)
-    for override in overrides:
-        key = override.lstrip("+").split("=", 1)[0]
-        if key.split(".")[0].split("/")[0] not in RUN_GROUPS:
-            continue
-        if "." not in key:
+    chosen = [group for group in RUN_GROUPS if cfg.get(group) is not None]
+    if saved.is_file():
+        if chosen:
             raise ConfigError(
-                f"{override}: the model and data come from {saved}; override single keys "
-                "instead (e.g. ++data.root=...)"
+                f"{chosen[0]}=... chooses a group, but the model and data come from {saved}: "
+                "override single keys instead (e.g. data.root=...)"
             )
-        OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), force_add=True)
-    return run_cfg
+        base, source = OmegaConf.load(saved), str(saved)
+    elif len(chosen) < len(RUN_GROUPS):
+        raise ConfigError(f"no {saved}: name the checkpoint's groups, model=... data=...")
+    else:
+        print(f"no {saved}: using this command's data and model groups")
+        base, source = cfg, "the data and model groups"
+    OmegaConf.set_struct(base, True)
+    try:
+        return OmegaConf.merge(base, cfg.run_overrides)
+    except ConfigKeyError as error:
+        raise ConfigError(f"{error.full_key}: no such key in {source}") from None
 
 
-def load_model(cfg: DictConfig, overrides: Sequence[str] = ()) -> tuple[L.LightningDataModule, VAE]:
+def load_model(cfg: DictConfig) -> tuple[L.LightningDataModule, VAE]:
     """The datamodule and the checkpoint's model, built as `vaelab.components.build` does."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError(
             "give the checkpoint to evaluate: ckpt_path=<a .ckpt file, a run folder or last>"
         )
     ckpt_path = Path(resolve_checkpoint(str(cfg.ckpt_path), cfg.paths.log_dir))
-    datamodule, model = build(run_config(cfg, ckpt_path, overrides))
+    datamodule, model = build(run_config(cfg, ckpt_path))
     checkpoint = check_checkpoint(str(ckpt_path), model)
     model.load_state_dict(checkpoint["state_dict"])
     return datamodule, model
@@ -220,14 +220,23 @@ def device_for(name: str) -> torch.device:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate `cfg.ckpt_path`; print the table and write metrics.json to the output folder."""
-    datamodule, model = load_model(cfg, command_line_overrides())
+    """Evaluate `cfg.ckpt_path`: with `eval.images`, write the pictures training writes; unless
+    `eval.num_importance_samples` is 0, print the metrics and write metrics.json."""
+    split = cfg.eval.split
+    if split not in ("val", "test"):
+        raise ConfigError(f"eval.split must be val or test, got {split!r}")
+    datamodule, model = load_model(cfg)
     model.to(device_for(cfg.eval.device))
-    results = evaluate_split(model, datamodule, cfg.eval.split, cfg.eval)
-    print_results(results, cfg.eval.split)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    saved = {"ckpt_path": str(cfg.ckpt_path), "split": cfg.eval.split, **results}
+    if cfg.eval.images:
+        LatentImages(seed=cfg.eval.seed).write(model, datamodule, split, output_dir / "images")
+        print(f"pictures of the {split} split in {output_dir / 'images'}")
+    if cfg.eval.num_importance_samples == 0:
+        return {}
+    results = evaluate_split(model, datamodule, split, cfg.eval)
+    print_results(results, split)
+    saved = {"ckpt_path": str(cfg.ckpt_path), "split": split, **results}
     write_metrics(output_dir / "metrics.json", saved)
     return results
 

@@ -3,13 +3,14 @@
 At the end of every `every_n_epochs`-th validation epoch (and after testing) the callback decodes
 fixed codes and fixed validation images, saves each grid as a PNG under `<run>/images/` and logs
 it to W&B or TensorBoard. Rank zero only. Decoded images show E[x|z] (pixel probabilities for
-a Bernoulli decoder), not noisy draws.
+a Bernoulli decoder), not noisy draws. `evaluate.py eval.images=true` writes the same pictures
+of any checkpoint.
 """
 
 from pathlib import Path
 
 import torch
-from lightning import Callback, LightningModule, Trainer
+from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -80,29 +81,36 @@ class LatentImages(Callback):
         self.every_n_epochs = every_n_epochs
         self.seed = seed
 
-    def pictures(self, model: VAE, images: Tensor) -> dict[str, tuple[Tensor, int]]:
-        """Each picture's images and its row length."""
+    @torch.no_grad()
+    def write(
+        self, model: VAE, datamodule: LightningDataModule, split: str, folder: Path
+    ) -> dict[str, Tensor]:
+        """Save the pictures of the split's first images as PNGs in folder; return the grids."""
+        images = datamodule.example_images(split, self.num_images).to(model.device)
         generator = torch.Generator().manual_seed(self.seed)
-        return {
+        was_training = model.training
+        model.eval()
+        pictures = {
             "samples": (model.sample(self.num_samples, generator=generator), 8),
             "reconstructions": (reconstructions(model, images), 8),
             "interpolations": (interpolations(model, images[:16], self.steps), self.steps),
             "traversals": (traversals(model, images[0], self.steps), self.steps),
         }
+        model.train(was_training)
+        folder.mkdir(parents=True, exist_ok=True)
+        grids = {}
+        for name, (tensor, row_length) in pictures.items():
+            grid = make_grid(tensor.float().clamp(0, 1).cpu(), nrow=row_length, pad_value=0.5)
+            name = name if split == "val" else f"{split}_{name}"
+            save_image(grid, folder / f"{name}.png")
+            grids[name] = grid
+        return grids
 
     @rank_zero_only
     def save(self, trainer: Trainer, model: LightningModule, split: str) -> None:
-        images = trainer.datamodule.example_images(split, self.num_images).to(model.device)
-        was_training = model.training
-        model.eval()
         folder = Path(trainer.default_root_dir) / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, (pictures, row_length) in self.pictures(model, images).items():
-            grid = make_grid(pictures.float().clamp(0, 1).cpu(), nrow=row_length, pad_value=0.5)
-            name = name if split == "val" else f"{split}_{name}"
-            save_image(grid, folder / f"{name}.png")
+        for name, grid in self.write(model, trainer.datamodule, split, folder).items():
             self.log_image(trainer, f"images/{name}", grid)
-        model.train(was_training)
 
     @staticmethod
     def log_image(trainer: Trainer, key: str, grid: Tensor) -> None:
