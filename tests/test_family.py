@@ -15,7 +15,8 @@ from vaelab.likelihoods import Bernoulli
 from vaelab.nets.mlp import MLPDecoder, MLPEncoder
 from vaelab.posteriors.gaussian import Encoded, GaussianPosterior, gaussian_kl
 from vaelab.posteriors.iaf import MADE, IAFPosterior
-from vaelab.priors.mixture import MixturePrior, VampPrior
+from vaelab.priors import mixture
+from vaelab.priors.mixture import MixturePrior, VampPrior, mixture_log_prob
 from vaelab.priors.normal import NormalPrior
 from vaelab.train import train
 from vaelab.vae import VAE
@@ -104,6 +105,31 @@ def test_mixture_prior_density_is_the_mixture_of_gaussians():
         z, prior.logits.softmax(-1), prior.means, torch.exp(0.5 * prior.log_vars)
     )
     torch.testing.assert_close(prior.log_prob(z), expected)
+
+
+def test_mixture_density_stays_exact_with_small_variances_in_float32():
+    """Pseudo-inputs' posteriors reach variances of 1e-6 and less: expanding the square,
+    z^2/v - 2 z m/v + m^2/v, would cancel catastrophically there (errors of many nats)."""
+    torch.manual_seed(0)
+    means = torch.randn(5, 3) * 2
+    log_vars = torch.full((5, 3), math.log(1e-6))
+    log_weights = torch.full((5,), -math.log(5))
+    z = means[torch.tensor([0, 3, 4])] + 1e-3 * torch.randn(3, 3)
+    exact = hand_mixture(
+        z.double(), log_weights.exp().double(), means.double(), torch.exp(0.5 * log_vars).double()
+    )
+    torch.testing.assert_close(
+        mixture_log_prob(z, log_weights, means, log_vars).double(), exact, atol=1e-3, rtol=1e-5
+    )
+
+
+def test_mixture_density_is_the_same_in_component_blocks(monkeypatch):
+    torch.manual_seed(0)
+    z, means, log_vars = torch.randn(4, 6, 3), torch.randn(7, 3), torch.randn(7, 3)
+    log_weights = torch.randn(7).log_softmax(-1)
+    whole = mixture_log_prob(z, log_weights, means, log_vars)
+    monkeypatch.setattr(mixture, "MAX_ELEMENTS", 2 * 24 * 3)  # blocks of 2 components
+    torch.testing.assert_close(mixture_log_prob(z, log_weights, means, log_vars), whole)
 
 
 def test_vamp_prior_is_the_mixture_of_pseudo_input_posteriors():

@@ -1,9 +1,10 @@
 """Gaussian mixture priors: a learned mixture (`mog`) and the VampPrior (`vamp`).
 
-Both are p(z) = sum_k pi_k N(z; m_k, diag v_k). For K components and many draws the densities
-are computed by expanding the square, sum_j (z_j - m_kj)^2 / v_kj
-= z^2 . (1/v_k) - 2 z . (m_k/v_k) + sum_j m_kj^2 / v_kj, as matrix products: memory
-samples x batch x K instead of samples x batch x K x latent_dim.
+Both are p(z) = sum_k pi_k N(z; m_k, diag v_k). The squares (z_j - m_kj)^2 / v_kj are formed
+directly, never by expanding them into z^2/v - 2 z m/v + m^2/v: with the small variances that
+pseudo-inputs' posteriors reach, that expansion cancels catastrophically in float32, and
+training learns to exploit the error (a negative KL). To bound memory, the components are taken
+in blocks of at most MAX_ELEMENTS / (draws x latent_dim), their log-sum-exp accumulated.
 """
 
 import math
@@ -17,17 +18,21 @@ from vaelab.errors import ConfigError
 from vaelab.posteriors.gaussian import LOG_2PI
 from vaelab.priors.normal import Encode, NormalPrior
 
+MAX_ELEMENTS = 2**24  # of the (draws, components, latent_dim) block of squares
+
 
 def mixture_log_prob(z: Tensor, log_weights: Tensor, means: Tensor, log_vars: Tensor) -> Tensor:
     """log sum_k w_k N(z; means_k, diag exp log_vars_k) for z (..., L); components (K, L)."""
-    precision = torch.exp(-log_vars)  # (K, L)
-    square = (
-        z.square() @ precision.T
-        - 2 * z @ (means * precision).T
-        + (means.square() * precision).sum(-1)
-    )  # (..., K)
-    log_normal = -0.5 * (square + log_vars.sum(-1) + z.shape[-1] * LOG_2PI)
-    return torch.logsumexp(log_normal + log_weights, dim=-1)
+    flat = z.reshape(-1, 1, z.shape[-1])  # (N, 1, L)
+    block = max(1, MAX_ELEMENTS // flat[:, 0].numel())
+    constant = log_weights - 0.5 * (log_vars.sum(-1) + z.shape[-1] * LOG_2PI)  # (K,)
+    total = None
+    for start in range(0, len(means), block):
+        part = slice(start, start + block)
+        square = ((flat - means[part]).square() * torch.exp(-log_vars[part])).sum(-1)
+        log_terms = torch.logsumexp(constant[part] - 0.5 * square, dim=-1)  # (N,)
+        total = log_terms if total is None else torch.logaddexp(total, log_terms)
+    return total.reshape(z.shape[:-1])
 
 
 def sample_mixture(
