@@ -18,7 +18,7 @@ from vaelab.errors import ConfigError
 from vaelab.posteriors.gaussian import LOG_2PI
 from vaelab.priors.normal import Encode, NormalPrior
 
-MAX_ELEMENTS = 2**24  # of the (draws, components, latent_dim) block of squares
+MAX_ELEMENTS = 2**26  # of the (draws, components, latent_dim) block of squares
 
 
 def mixture_log_prob(z: Tensor, log_weights: Tensor, means: Tensor, log_vars: Tensor) -> Tensor:
