@@ -8,6 +8,7 @@ import torch
 from helpers import ROOT, make_cfg
 from hydra import compose, initialize_config_dir
 
+from vaelab.components import build
 from vaelab.evaluate import evaluate_split, load_model
 from vaelab.likelihoods import Bernoulli
 from vaelab.nets.mlp import MLPDecoder, MLPEncoder
@@ -216,3 +217,24 @@ def test_training_run_writes_metrics_images_and_evaluates_without_nll(tmp_path):
     # the test set is one batch of 6: evaluate sees what trainer.test saw
     assert results["reconstruction"] == pytest.approx(saved["test/reconstruction"], rel=1e-5)
     assert results["perplexity"] == pytest.approx(saved["test/perplexity"], rel=1e-5)
+
+
+def test_resumed_run_restores_the_codebook_state(tmp_path):
+    """The EMA codebook, cluster sizes and sums are buffers in the checkpoint: resuming loads
+    them (a model that did not would start from N_k = 1 and the initial codebook)."""
+    overrides = [*TINY_SPRITES, "model=vq_vae", "model.num_positions=4", "model.code_dim=2"]
+    overrides += ["model.codebook_size=16", "model.codebook_update=ema", "debug=limit"]
+    overrides += ["~callbacks.latent_images"]
+    train(make_cfg(tmp_path / "first", overrides))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resumed = make_cfg(
+        tmp_path / "resumed", [*overrides, "trainer.max_epochs=3", f"ckpt_path={last}"]
+    )
+    assert train(resumed)["global_step"] == 15
+    saved = torch.load(last, weights_only=True)["state_dict"]
+    model = build(resumed)[1]
+    fresh = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model.load_state_dict(saved)
+    for name in ("codebook", "cluster_size", "cluster_sum"):
+        assert torch.equal(getattr(model, name), saved[name])
+        assert not torch.equal(saved[name], fresh[name]), name  # trained, not the initial state
