@@ -266,3 +266,24 @@ def test_ddp_kill_mid_epoch_and_resume_gives_the_same_run(tmp_path):
     )
     del resumed_metrics["best_checkpoint"], whole_metrics["best_checkpoint"]
     assert resumed_metrics == whole_metrics
+
+
+@pytest.mark.parametrize("model", ["mlp_vae", "vq_vae"])
+def test_resume_from_the_end_of_an_epoch_gives_the_same_run(model, tmp_path):
+    """2 epochs, then 1 more from the last.ckpt validation wrote, equals 3 epochs in one go.
+
+    The resumed run makes its first data iterator before its generators are restored: the
+    iterator must not draw from the global stream (it did, so the runs parted at the first step).
+    """
+    overrides = [*TINY, f"model={model}", "trainer.deterministic=true", "~callbacks.latent_images"]
+    train(make_cfg(tmp_path / "first", overrides))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(make_cfg(tmp_path / "resumed", [*overrides, "trainer.max_epochs=3", f"ckpt_path={last}"]))
+    train(make_cfg(tmp_path / "whole", [*overrides, "trainer.max_epochs=3"]))
+    resumed, whole = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)
+        for run in ("resumed", "whole")
+    )
+    assert resumed["global_step"] == whole["global_step"] == 15
+    for name, tensor in whole["state_dict"].items():  # weights, and VQ's codebook buffers
+        assert torch.equal(resumed["state_dict"][name], tensor), name

@@ -198,6 +198,9 @@ class ImageDataModule(LightningDataModule):
             pin_memory=self.pin_memory and not on_gpu,
             persistent_workers=num_workers > 0,
             collate_fn=keep_batch if hasattr(dataset, "__getitems__") else None,
+            # each new iterator draws its workers' base seed: from this generator, not from the
+            # global stream, which a resumed run restores only after the first iterator is made
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def batches_to_skip(self, epoch: int) -> int:
