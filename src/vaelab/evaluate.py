@@ -76,10 +76,9 @@ def evaluate(
     for batch in dataloader:
         batch = move_data_to_device(batch, device)
         x = (prepare_batch(batch) if prepare_batch else batch)[0]
-        q = model.encode(x)
-        if q.log_var is None:
-            activity.update(q.mean)
+        if not model.stochastic:
             draws = model.draw(x)
+            activity.update(draws["code"])
             terms = model.elbo_terms(draws)
             averages["reconstruction"].update(terms["reconstruction"])
             averages["kl"].update(terms["kl"])
@@ -87,7 +86,7 @@ def evaluate(
                 metric.update(draws)
             continue
         estimate = importance_weighted_estimate(
-            model, x, num_importance_samples, chunk_size, generator, posterior=q
+            model, x, num_importance_samples, chunk_size, generator
         )
         activity.update(estimate.posterior_mean)
         if estimate.kl_per_dim is not None:

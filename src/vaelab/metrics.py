@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from vaelab.posteriors.gaussian import Encoded
 from vaelab.vae import VAE
 
 ACTIVITY_THRESHOLD = 0.01  # Burda et al. 2016
@@ -41,22 +40,22 @@ def importance_weighted_estimate(
     num_samples: int,
     chunk_size: int,
     generator: torch.Generator,
-    posterior: Encoded | None = None,
 ) -> ImportanceEstimate:
     """L_k(x) with k = num_samples, decoding chunk_size draws of z per example at a time.
 
     Draw i is the i-th `randn` call of `generator` whatever the chunk size, so one generator
     state gives the same estimate for every chunk size (up to float rounding). log p(x|z),
     log p(z) and log q(z|x) come from the model's parts (`VAE.weigh`), so every model with a
-    density is evaluated by this same code. `posterior` is model.encode(x) when the caller has it.
+    density is evaluated by this same code.
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(f"need num_samples, chunk_size >= 1, got {num_samples}, {chunk_size}")
-    q = posterior if posterior is not None else model.encode(x)
+    q = model.encode(x)
     batch, device = len(x), q.mean.device
     # log sum_i w_i, accumulated chunk by chunk: log(a + b) = logaddexp(log a, log b)
     log_sum = torch.full((batch,), -math.inf, dtype=torch.float64, device=device)
     sums: dict[str, Tensor] = {}
+    closed_form_mean = model.posterior_mean(q)
     for start in range(0, num_samples, chunk_size):
         count = min(chunk_size, num_samples - start)
         eps = torch.stack(
@@ -78,14 +77,14 @@ def importance_weighted_estimate(
         parts = {
             "reconstruction": weighed["log_likelihood"].double().sum(0),
             "kl": kl.double() * count,
-            "posterior_mean": weighed["z"].double().sum(0),
         }
+        if closed_form_mean is None:
+            parts["posterior_mean"] = weighed["z"].double().sum(0)
         if kl_per_dim is not None:
             parts["kl_per_dim"] = kl_per_dim.double() * count
         for name, value in parts.items():
             sums[name] = sums[name] + value if name in sums else value
     averages = {name: value / num_samples for name, value in sums.items()}
-    closed_form_mean = model.posterior_mean(q)
     if closed_form_mean is not None:
         averages["posterior_mean"] = closed_form_mean.double()
     return ImportanceEstimate(

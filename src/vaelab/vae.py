@@ -203,7 +203,8 @@ class VAE(LightningModule):
         """`log_likelihood` log p(x|z_s) and `log_prior_ratio` log p(z_s) - log q(z_s|x), each
         (samples, batch), for z_s ~ q(z|x); `kl` (batch,) and `kl_per_dim` (kl_terms).
 
-        A deterministic autoencoder has one "draw", z = its code, with ratio and KL zero.
+        A deterministic autoencoder has one "draw", z = its `code` (batch, latent_dim), with
+        ratio and KL zero.
         """
         q = self.encode(x)
         if q.log_var is None:
@@ -213,6 +214,7 @@ class VAE(LightningModule):
                 "log_prior_ratio": torch.zeros_like(log_likelihood),
                 "kl": torch.zeros_like(log_likelihood[0]),
                 "kl_per_dim": torch.zeros_like(q.mean),
+                "code": q.mean,
             }
         shape = (num_samples or self.num_samples, len(x), self.noise_dim)
         eps = torch.randn(shape, device=x.device)

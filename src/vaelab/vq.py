@@ -187,6 +187,7 @@ class VQVAE(VAE):
             "kl": kl,
             "kl_per_dim": None,
             "z_e": z_e,
+            "code": z_e.flatten(-2),
             "indices": indices,
             "codebook_loss": (z_e.detach() - e).square().sum((-2, -1)),
             "commitment_loss": (z_e - e.detach()).square().sum((-2, -1)),

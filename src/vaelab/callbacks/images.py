@@ -49,14 +49,14 @@ def traversals(model: VAE, image: Tensor, steps: int, limit: float = 2.0) -> Ten
     for an autoencoder, whose codes have no prior, each row spans that dimension's range in
     `model`'s codes of the batch it was given.
     """
-    q = model.encode(image[None])
     mean = model.code(image[None])[0]
     order = torch.arange(model.latent_dim, device=mean.device)
     if not model.stochastic:
         low, high = mean - limit, mean + limit
     else:
-        if model.closed_form_kl:
-            order = gaussian_kl(q.mean[0], q.log_var[0]).argsort(descending=True)
+        if model.closed_form_kl:  # then the code is the posterior's mean
+            log_var = model.encode(image[None]).log_var[0]
+            order = gaussian_kl(mean, log_var).argsort(descending=True)
         low = torch.full_like(mean, -limit)
         high = torch.full_like(mean, limit)
     values = torch.linspace(0, 1, steps, device=mean.device)

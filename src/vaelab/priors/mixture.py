@@ -35,6 +35,11 @@ def mixture_log_prob(z: Tensor, log_weights: Tensor, means: Tensor, log_vars: Te
     return total.reshape(z.shape[:-1])
 
 
+def check_num_components(num_components: int) -> None:
+    if num_components < 1:
+        raise ConfigError(f"model.prior.num_components must be >= 1, got {num_components}")
+
+
 def sample_mixture(
     num_samples: int,
     log_weights: Tensor,
@@ -60,8 +65,7 @@ class MixturePrior(NormalPrior):
         self, latent_dim: int, image_shape: Sequence[int] = (), num_components: int = 10
     ) -> None:
         super().__init__(latent_dim)
-        if num_components < 1:
-            raise ConfigError(f"model.prior.num_components must be >= 1, got {num_components}")
+        check_num_components(num_components)
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.means = nn.Parameter(torch.randn(num_components, latent_dim))
         self.log_vars = nn.Parameter(torch.zeros(num_components, latent_dim))
@@ -90,8 +94,7 @@ class VampPrior(NormalPrior):
         init_std: float = 0.01,
     ) -> None:
         super().__init__(latent_dim)
-        if num_components < 1:
-            raise ConfigError(f"model.prior.num_components must be >= 1, got {num_components}")
+        check_num_components(num_components)
         self.pseudo_inputs = nn.Parameter(
             init_mean + init_std * torch.randn(num_components, *image_shape)
         )
