@@ -287,3 +287,18 @@ def test_resume_from_the_end_of_an_epoch_gives_the_same_run(model, tmp_path):
     assert resumed["global_step"] == whole["global_step"] == 15
     for name, tensor in whole["state_dict"].items():  # weights, and VQ's codebook buffers
         assert torch.equal(resumed["state_dict"][name], tensor), name
+
+
+def test_last_checkpoint_is_the_last_state_when_validation_does_not_improve(tmp_path):
+    """Lightning 2.6's save_last=True rewrote last.ckpt only on a new best. Choosing the best by
+    the lowest ELBO makes the first epoch the best, so later epochs improve nothing."""
+    cfg = make_cfg(
+        tmp_path,
+        [*TINY, "trainer.max_epochs=3", "callbacks.model_checkpoint.mode=min"],
+    )
+    train(cfg)
+    folder = tmp_path / "checkpoints"
+    (best,) = folder.glob("epoch*.ckpt")
+    assert torch.load(best, weights_only=True)["epoch"] == 0
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 3 * 5)  # debug=limit: 5 batches an epoch

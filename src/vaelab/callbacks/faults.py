@@ -21,6 +21,17 @@ class NonFiniteLossError(VaelabError):
     """The training loss became NaN or infinite."""
 
 
+def saved_paths(callback: Callback) -> list[str]:
+    """The checkpoint files a ModelCheckpoint has written and still keeps."""
+    paths = (getattr(callback, name, "") for name in ("last_model_path", "best_model_path"))
+    return [path for path in paths if path and os.path.isfile(path)]
+
+
+def newest(path: str) -> tuple[float, bool]:
+    """Sort key: the newest file, last.ckpt on a tie."""
+    return os.path.getmtime(path), os.path.basename(path) == "last.ckpt"
+
+
 class StopOnNonFiniteLoss(Callback):
     """Stop training when the loss is NaN or infinite, before a bad checkpoint is written.
 
@@ -54,8 +65,9 @@ class StopOnNonFiniteLoss(Callback):
     def check(self, trainer: Trainer) -> None:
         if self.first_bad_step is None or int(self.first_bad_step) < 0:
             return
-        checkpoint = trainer.checkpoint_callback
-        last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
+        callbacks = trainer.checkpoint_callbacks
+        saved = [path for callback in callbacks for path in saved_paths(callback)]
+        last_good = max(saved, key=newest, default="")
         resume = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint yet"
         raise NonFiniteLossError(
             f"the training loss became NaN or infinite at step {int(self.first_bad_step)}; "
