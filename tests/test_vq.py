@@ -37,7 +37,7 @@ def set_codebook(model: VQVAE, rows: list[list[float]]) -> None:
 
 def test_quantise_picks_the_nearest_code_and_passes_gradients_straight_through():
     torch.manual_seed(0)
-    model = make_vq(num_positions=3, code_dim=2, codebook_size=5).double()
+    model = make_vq(num_positions=3, latent_dim=6, codebook_size=5).double()
     z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     indices, e = model.quantise(z)
     codebook = model.codebook.detach()
@@ -60,7 +60,7 @@ def test_quantise_picks_the_nearest_code_and_passes_gradients_straight_through()
 
 def test_codebook_loss_moves_codes_to_encoder_outputs_commitment_reaches_only_encoder():
     torch.manual_seed(1)
-    model = make_vq(num_positions=2, code_dim=3, codebook_size=4)
+    model = make_vq(num_positions=2, latent_dim=6, codebook_size=4)
     set_codebook(model, [[0.0, 0.0, 0.0], [0.5, -0.5, 0.2], [-0.3, 0.1, 0.4], [0.2, 0.2, -0.6]])
     x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.5))
     draws = model.draw(x)
@@ -87,7 +87,7 @@ def test_codebook_loss_moves_codes_to_encoder_outputs_commitment_reaches_only_en
 def test_ema_update_gives_the_textbook_cluster_sizes_sums_and_codes():
     model = make_vq(
         num_positions=2,
-        code_dim=2,
+        latent_dim=4,
         codebook_size=3,
         codebook_update="ema",
         ema_decay=0.9,
@@ -113,7 +113,7 @@ def test_ema_update_gives_the_textbook_cluster_sizes_sums_and_codes():
     torch.testing.assert_close(model.codebook, torch.tensor(codes, dtype=torch.float64))
     # the buffers are the state: a model restored from it continues exactly
     restored = make_vq(
-        num_positions=2, code_dim=2, codebook_size=3, codebook_update="ema", ema_decay=0.9
+        num_positions=2, latent_dim=4, codebook_size=3, codebook_update="ema", ema_decay=0.9
     ).double()
     restored.load_state_dict(model.state_dict())
     for name in ("codebook", "cluster_size", "cluster_sum"):
@@ -122,7 +122,7 @@ def test_ema_update_gives_the_textbook_cluster_sizes_sums_and_codes():
 
 @pytest.mark.parametrize("codebook_update", ["gradient", "ema"])
 def test_codes_used_too_little_restart_at_encoder_outputs(codebook_update):
-    model = make_vq(num_positions=1, code_dim=2, codebook_size=4, codebook_update=codebook_update)
+    model = make_vq(num_positions=1, latent_dim=2, codebook_size=4, codebook_update=codebook_update)
     set_codebook(model, [[0.0, 0.0], [5.0, 5.0], [6.0, 6.0], [7.0, 7.0]])
     z_e = torch.tensor([[[0.1, 0.2]], [[0.3, -0.1]], [[-0.2, 0.0]]])
     model.update_codebook(z_e, torch.zeros(3, 1, dtype=torch.long))
@@ -152,7 +152,7 @@ def test_perplexity_counts_the_codes_in_use():
 
 def test_logged_elbo_is_reconstruction_minus_p_log_k():
     torch.manual_seed(2)
-    model = make_vq(num_positions=3, code_dim=2, codebook_size=5, restart_threshold=0.0)
+    model = make_vq(num_positions=3, latent_dim=6, codebook_size=5, restart_threshold=0.0)
     with torch.no_grad():
         model.codebook.normal_()
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.5))
@@ -188,7 +188,7 @@ def test_logged_elbo_is_reconstruction_minus_p_log_k():
 
 
 def test_training_run_writes_metrics_images_and_evaluates_without_nll(tmp_path):
-    overrides = ["model=vq_vae", "model.num_positions=4", "model.code_dim=2"]
+    overrides = ["model=vq_vae", "model.num_positions=4", "model.latent_dim=8"]
     overrides += ["model.codebook_size=16", "model.codebook_update=ema"]
     train(make_cfg(tmp_path, [*TINY_SPRITES, *overrides, "debug=limit"]))
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -222,7 +222,7 @@ def test_training_run_writes_metrics_images_and_evaluates_without_nll(tmp_path):
 def test_resumed_run_restores_the_codebook_state(tmp_path):
     """The EMA codebook, cluster sizes and sums are buffers in the checkpoint: resuming loads
     them (a model that did not would start from N_k = 1 and the initial codebook)."""
-    overrides = [*TINY_SPRITES, "model=vq_vae", "model.num_positions=4", "model.code_dim=2"]
+    overrides = [*TINY_SPRITES, "model=vq_vae", "model.num_positions=4", "model.latent_dim=8"]
     overrides += ["model.codebook_size=16", "model.codebook_update=ema", "debug=limit"]
     overrides += ["~callbacks.latent_images"]
     train(make_cfg(tmp_path / "first", overrides))

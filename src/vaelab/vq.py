@@ -1,9 +1,10 @@
 """The VQ-VAE (van den Oord et al. 2017, "Neural Discrete Representation Learning").
 
-The encoder's output is `num_positions` vectors z_e of size `code_dim`; each is replaced by its
-nearest vector e_k of one shared codebook (K = `codebook_size` rows, squared Euclidean distance)
-and the decoder reads the quantised vectors z_q. The straight-through estimator
-z_q = z_e + sg[e - z_e] passes d loss / d z_q on to z_e unchanged. Per example, in nats:
+The encoder's `latent_dim` outputs are `num_positions` vectors z_e of size `code_dim` (their
+ratio); each is replaced by its nearest vector e_k of one shared codebook (K = `codebook_size`
+rows, squared Euclidean distance) and the decoder reads the quantised vectors z_q. The
+straight-through estimator z_q = z_e + sg[e - z_e] passes d loss / d z_q on to z_e unchanged.
+Per example, in nats:
 
     loss = -log p(x|z_q) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2   (sums over positions
            and code dims, beta = `commitment_weight`), averaged over the batch
@@ -26,6 +27,7 @@ codebook usage over a batch (train) or an epoch (val, test) shows how many codes
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +74,8 @@ class VQVAE(VAE):
         decoder: Callable[..., nn.Module],
         likelihood: Likelihood,
         image_shape: Sequence[int],
+        latent_dim: int = 64,
         num_positions: int = 8,
-        code_dim: int = 8,
         codebook_size: int = 64,
         commitment_weight: float = 0.25,
         codebook_update: str = "gradient",
@@ -83,12 +85,18 @@ class VQVAE(VAE):
         compile: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        **settings: Any,
     ) -> None:
-        if min(num_positions, code_dim, codebook_size) < 1:
+        """`latent_dim` = P * D, the numbers the decoder reads; `settings` are VAE's (those
+        about the KL, such as kl_warmup_steps, change nothing: the loss has no KL term)."""
+        if min(latent_dim, num_positions, codebook_size) < 1 or latent_dim % num_positions:
             raise ConfigError(
-                "model.num_positions, model.code_dim and model.codebook_size must be positive, "
-                f"got {num_positions}, {code_dim}, {codebook_size}"
+                "model.latent_dim, model.num_positions and model.codebook_size must be positive "
+                "and latent_dim a multiple of num_positions (each position's code is "
+                f"latent_dim / num_positions numbers), got {latent_dim}, {num_positions}, "
+                f"{codebook_size}"
             )
+        code_dim = latent_dim // num_positions
         if codebook_update not in CODEBOOK_UPDATES:
             raise ConfigError(
                 f"model.codebook_update must be one of {CODEBOOK_UPDATES}, got {codebook_update!r}"
@@ -108,16 +116,16 @@ class VQVAE(VAE):
             decoder,
             likelihood,
             image_shape,
-            latent_dim=num_positions * code_dim,
+            latent_dim=latent_dim,
             kl_weight=0.0,
             stochastic=False,
             compile=compile,
             optimizer=optimizer,
             scheduler=scheduler,
+            **settings,
         )
         self.remember(
             num_positions=num_positions,
-            code_dim=code_dim,
             codebook_size=codebook_size,
             commitment_weight=commitment_weight,
             codebook_update=codebook_update,
@@ -125,6 +133,7 @@ class VQVAE(VAE):
             ema_epsilon=ema_epsilon,
             restart_threshold=restart_threshold,
         )
+        self.code_dim = code_dim
         codebook = torch.empty(codebook_size, code_dim).uniform_(
             -1 / codebook_size, 1 / codebook_size
         )
