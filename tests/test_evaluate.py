@@ -165,7 +165,7 @@ def test_bad_run_overrides_are_one_line(mnist_run, tmp_path, capsys, override, m
 def test_images_of_a_checkpoint_without_training(mnist_run, tmp_path):
     ckpt, moved = mnist_run
     out = tmp_path / "eval"
-    images = ["eval.images=true", "eval.num_importance_samples=0"]
+    images = ["eval.images=true", "eval.num_importance_samples=0", "eval.plausibility_samples=0"]
     assert main(eval_cfg(out, [f"ckpt_path={ckpt}", f"data.root={moved}", *images])) == {}
     grids = {  # columns and rows of 28x28 images, each padded by 2 pixels
         "samples": (8, 8),  # 64 prior samples

@@ -2,7 +2,8 @@
 
 python evaluate.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt
 python evaluate.py ckpt_path=... eval.num_importance_samples=5000 data.root=../shared/data
-python evaluate.py ckpt_path=... eval.images=true eval.num_importance_samples=0   # pictures only
+python evaluate.py ckpt_path=... eval.images=true eval.num_importance_samples=0 \
+    eval.plausibility_samples=0                                            # pictures only
 
 The run folder's `config.yaml` (beside `checkpoints/`) rebuilds the datamodule and the model
 exactly as training built them; `data.<key>=` / `model.<key>=` overrides on the command line
@@ -37,6 +38,7 @@ from vaelab.metrics import (
     count_active_units,
     importance_weighted_estimate,
 )
+from vaelab.plausibility import regularity
 from vaelab.vae import VAE
 
 RUN_GROUPS = ("data", "model")
@@ -160,19 +162,46 @@ def print_results(results: dict[str, float], split: str) -> None:
 def evaluate_after_test(
     trainer: L.Trainer, model: VAE, datamodule: L.LightningDataModule, eval_cfg: DictConfig
 ) -> dict[str, float]:
-    """The hook for train.py after `trainer.test`: `test/<metric>` from `evaluate`, on every rank.
+    """The hook for train.py after `trainer.test`: `test/<metric>` from `evaluate` (where
+    `eval.num_importance_samples` > 0) and `regularity` (where `eval.plausibility_samples` > 0),
+    on every rank.
 
     Each rank evaluates its shard of the test set on its device and the metrics add up across
     ranks; rank zero prints the table and every logger gets the values.
     """
     model.to(trainer.strategy.root_device)
-    results = evaluate_split(model, datamodule, "test", eval_cfg)
-    print_results(results, "test")
+    results = evaluate_test_split(model, datamodule, eval_cfg)
     metrics = {f"test/{name}": value for name, value in results.items()}
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()
     return metrics
+
+
+def evaluate_test_split(
+    model: VAE, datamodule: L.LightningDataModule, eval_cfg: DictConfig, split: str = "test"
+) -> dict[str, float]:
+    """The metrics `eval` asks for on a split, printed: `evaluate`'s and `regularity`'s."""
+    results: dict[str, float] = {}
+    if eval_cfg.num_importance_samples > 0:
+        results |= evaluate_split(model, datamodule, split, eval_cfg)
+        print_results(results, split)
+    if eval_cfg.get("plausibility_samples", 0) > 0:
+        report = regularity(model, datamodule, eval_cfg.plausibility_samples, eval_cfg.seed, split)
+        print_regularity(report, eval_cfg.plausibility_samples, split)
+        results |= report
+    return results
+
+
+@rank_zero_only
+def print_regularity(report: dict[str, float], num_samples: int, split: str) -> None:
+    print(
+        f"regular latent space: {100 * report['plausible_samples']:.1f}% of {num_samples} prior "
+        "samples are plausible (one object, mean intensity in the validation images' 1st-99th "
+        f"percentile band); {split} reconstructions "
+        f"{100 * report['plausible_reconstructions']:.1f}%, {split} images "
+        f"{100 * report['plausible_data']:.1f}%"
+    )
 
 
 def run_config(cfg: DictConfig, ckpt_path: Path) -> DictConfig:
@@ -220,7 +249,8 @@ def device_for(name: str) -> torch.device:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate `cfg.ckpt_path`: with `eval.images`, write the pictures training writes; unless
-    `eval.num_importance_samples` is 0, print the metrics and write metrics.json."""
+    `eval.num_importance_samples` and `eval.plausibility_samples` are 0, print the metrics and
+    write metrics.json."""
     split = cfg.eval.split
     if split not in ("val", "test"):
         raise ConfigError(f"eval.split must be val or test, got {split!r}")
@@ -231,10 +261,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.eval.images:
         LatentImages(seed=cfg.eval.seed).write(model, datamodule, split, output_dir / "images")
         print(f"pictures of the {split} split in {output_dir / 'images'}")
-    if cfg.eval.num_importance_samples == 0:
+    if cfg.eval.num_importance_samples == 0 and cfg.eval.get("plausibility_samples", 0) == 0:
         return {}
-    results = evaluate_split(model, datamodule, split, cfg.eval)
-    print_results(results, split)
+    results = evaluate_test_split(model, datamodule, cfg.eval, split)
     saved = {"ckpt_path": str(cfg.ckpt_path), "split": split, **results}
     write_metrics(output_dir / "metrics.json", saved)
     return results
