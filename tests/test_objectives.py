@@ -75,6 +75,27 @@ def test_iwae_loss_is_the_importance_weighted_bound_and_logs_the_true_elbo():
     assert (bound >= log_weights.mean(0)).all()  # Jensen: log mean exp >= mean, per example
 
 
+def test_validation_logs_the_iwae_bound_of_the_same_draws():
+    torch.manual_seed(0)
+    model = make_vae(objective="iwae", num_samples=6).eval()
+    x = binary_images(4)
+    logged = {}
+    model.log = lambda name, metric, **kwargs: logged.update({name: metric.compute()})
+    torch.manual_seed(3)
+    model.validation_step((x, None), 0)
+    terms = by_hand(model, x, 6, seed=3)
+    log_weights = (terms["log_likelihood"] + terms["log_ratio"]).double()
+    bound = (log_weights.exp().mean(0).log()).mean()  # log (1/k) sum_s w_s, without logsumexp
+    torch.testing.assert_close(logged["val/iwae"].double(), bound, rtol=1e-5, atol=1e-4)
+    assert logged["val/iwae"] >= logged["val/elbo"]  # L_k >= L_1 for the same draws
+
+
+@pytest.mark.parametrize("preset", ["burda16_iwae_k50_mnist", "burda16_iwae2_k50_mnist_short"])
+def test_iwae_presets_keep_the_best_by_the_iwae_bound(tmp_path, preset):
+    cfg = make_cfg(tmp_path, [f"experiment={preset}"])
+    assert cfg.callbacks.model_checkpoint.monitor == "val/iwae"
+
+
 def test_iwae_warm_up_weights_the_prior_ratio():
     torch.manual_seed(0)
     model = make_vae(objective="iwae", num_samples=4, kl_weight=1.0, kl_warmup_steps=10)
@@ -122,9 +143,17 @@ def test_bad_objective_settings_are_refused(kwargs, message):
 def test_iwae_trains_through_train_py(tmp_path):
     cfg = make_cfg(
         tmp_path,
-        [*TINY_SPRITES, "debug=fdr", "model.objective=iwae", "model.num_samples=3"],
+        [
+            *TINY_SPRITES,
+            "debug=limit",
+            "model.objective=iwae",
+            "model.num_samples=3",
+            "callbacks.model_checkpoint.monitor=val/iwae",
+            "callbacks.model_checkpoint.filename='iwae{val/iwae:.2f}'",
+        ],
     )
     metrics = train(cfg)
+    assert len(list((tmp_path / "checkpoints").glob("iwae-*.ckpt"))) == 1
     assert math.isfinite(metrics["train/iwae"]) and math.isfinite(metrics["test/elbo"])
     assert metrics["test/elbo"] == pytest.approx(
         metrics["test/reconstruction"] - metrics["test/kl"], rel=1e-4

@@ -113,8 +113,9 @@ class VAE(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_dims = math.prod(self.image_shape)
+        terms = (*TERMS, "iwae") if objective == "iwae" else TERMS
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in TERMS}
+            {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in terms}
         )
 
     def remember(self, **settings: Any) -> None:
@@ -280,17 +281,28 @@ class VAE(LightningModule):
         means = {f"train/{name}": value.mean() for name, value in self.elbo_terms(draws).items()}
         means["train/bits_per_dim"] = self.bits_per_dim(means["train/elbo"])
         if self.objective == "iwae":
-            bound = iwae_bound(draws["log_likelihood"] + draws["log_prior_ratio"])
-            means["train/iwae"] = bound.mean()
+            means["train/iwae"] = self.iwae_terms(draws).mean()
         # averaged over DDP ranks (one all-reduce a value, on logging steps only)
         self.log_dict({"train/loss": loss, **means}, on_step=True, on_epoch=False, sync_dist=True)
         self.log("train/kl_weight", kl_weight, on_step=True, on_epoch=False)
         return loss
 
-    def _evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        terms = self.elbo(batch[0])
+    @staticmethod
+    def iwae_terms(draws: dict[str, Tensor]) -> Tensor:
+        """L_k per example from the k = num_samples draws (Burda et al. 2016)."""
+        return iwae_bound(draws["log_likelihood"] + draws["log_prior_ratio"])
+
+    def evaluation_terms(self, draws: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What validation and testing average, per example: the ELBO's terms, bits per dim and,
+        with the IWAE objective, its bound `iwae` (the IWAE presets keep the best by val/iwae)."""
+        terms = self.elbo_terms(draws)
         terms["bits_per_dim"] = self.bits_per_dim(terms["elbo"])
-        for name, value in terms.items():
+        if self.objective == "iwae":
+            terms["iwae"] = self.iwae_terms(draws)
+        return terms
+
+    def _evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        for name, value in self.evaluation_terms(self.draw(batch[0])).items():
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(value)
             self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "elbo")

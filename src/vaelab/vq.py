@@ -262,8 +262,7 @@ class VQVAE(VAE):
 
     def _evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         draws = self.draw(batch[0])
-        terms = self.elbo_terms(draws)
-        terms["bits_per_dim"] = self.bits_per_dim(terms["elbo"])
+        terms = self.evaluation_terms(draws)
         for name, value in terms.items():
             self.metrics[f"{stage}_{name}"].update(value)
         self.metrics[f"{stage}_perplexity"].update(draws)
