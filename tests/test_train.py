@@ -63,7 +63,7 @@ def read_metrics(folder: Path) -> dict:
     "model",
     [
         *("mlp_vae", "conv_vae", "ae", "linear_ae"),
-        *("iaf_vae", "vamp_vae", "mog_vae", "hvae2", "vq_vae"),
+        *("iaf_vae", "vamp_vae", "mog_vae", "hvae2", "vq_vae", "vq_mlp_vae"),
     ],
 )
 def test_every_model_on_every_data_shape(model, data, tmp_path, monkeypatch):
