@@ -10,17 +10,39 @@ Welling 2014, eq. 10; Kingma 2017, ch. 2):
     elbo           = reconstruction - kl    (a lower bound on log p(x))
     loss           = -(reconstruction - beta_t * kl), averaged over the batch
 
-beta_t rises linearly from 0 to `kl_weight` over `kl_warmup_steps` optimizer steps. With
+beta_t = `kl_weight` x a schedule's factor at the optimizer step t (`kl_schedule`, over
+`kl_warmup_steps` = T steps; vaelab.objectives.kl_schedule_factor): `linear` rises from 0 to 1
+over T steps; `cyclical` (Fu et al. 2019) cuts T into `kl_cycles` = M cycles of T/M steps and
+rises from 0 to 1 over the first `kl_cycle_ratio` = R of each, then holds 1; after T, 1. With
 `stochastic=False` the module is a plain autoencoder: z = encoder(x), no sampling and no KL.
 
-Two training objectives (`objective`); the logged elbo, reconstruction and kl stay the true ones:
+Training objectives (`objective`); whatever the objective, the logged elbo, reconstruction and
+kl stay the true ones, and only the loss changes (the terms: vaelab/objectives.py):
 
-    elbo  loss = -(mean_b reconstruction - beta_t * sum_j max(lambda, mean_b KL_j))
-          KL_j is latent dimension j's KL; lambda = `free_bits` floors it per dimension,
-          averaged over the batch (Kingma et al. 2016, "Improving VI with IAF": free bits);
-          lambda = 0 is the plain (beta-)ELBO.
-    iwae  loss = -mean_b log (1/k) sum_s exp(log p(x|z_s) + beta_t (log p(z_s) - log q(z_s|x))),
-          z_s ~ q(z|x), k = `num_samples` (Burda et al. 2016; beta_t = 1 is their bound L_k).
+    elbo        loss = -(mean_b reconstruction - beta_t * sum_j max(lambda, mean_b KL_j))
+                KL_j is latent dimension j's KL; lambda = `free_bits` floors it per dimension,
+                averaged over the batch (Kingma et al. 2016, "Improving VI with IAF": free
+                bits); lambda = 0 is the plain (beta-)ELBO. With `capacity_max` = C_max > 0
+                (Burgess et al. 2018, model=beta_vae): loss = -(mean_b reconstruction) +
+                gamma |mean_b KL - C_t|, C_t rising linearly from 0 to C_max over
+                `capacity_steps`, gamma = `capacity_weight`; kl_weight is not used.
+    iwae        loss = -mean_b log (1/k) sum_s exp(log p(x|z_s) + beta_t (log p(z_s) -
+                log q(z_s|x))), z_s ~ q(z|x), k = `num_samples` (Burda et al. 2016; beta_t = 1
+                is their bound L_k).
+    beta_tcvae  loss = -(mean_b reconstruction) + beta_t (mi + `tc_weight` tc + dim_kl), the
+                batch-mean KL split into index-code mutual information, total correlation and
+                dimension-wise KL over the minibatch (Chen et al. 2018; alpha = gamma = 1,
+                beta = tc_weight >= 0 weighs the total correlation alone). q(z) is estimated by
+                `tc_estimator` mws or mss, which need N = `dataset_size`, the training set's
+                size: None reads it from the Trainer's training DataLoader (len of its dataset).
+    dip_vae     loss = the elbo objective's + lambda_od sum_{i!=j} C_ij^2 + lambda_d sum_i
+                (C_ii - 1)^2, C the batch covariance of the posterior means (`dip_type` i) or of
+                the aggregate posterior, C = E[diag var] + Cov[mean] (ii); lambda_od =
+                `lambda_od`, lambda_d = 10 lambda_od (i) or lambda_od (ii) (Kumar et al. 2018).
+
+beta_tcvae and dip_vae need the Gaussian posterior and the N(0, I) prior. On logging steps the
+loss's own terms are logged too: train/capacity, train/mi, train/tc, train/dim_kl and
+train/dip_penalty.
 """
 
 import math
@@ -34,12 +56,21 @@ from torchmetrics import MeanMetric, Metric
 
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import Likelihood
+from vaelab.objectives import (
+    annealed_capacity,
+    capacity_penalty,
+    check_options,
+    dip_covariance,
+    dip_penalty,
+    kl_decomposition,
+    kl_schedule_factor,
+)
 from vaelab.posteriors.gaussian import Encoded, GaussianPosterior, gaussian_kl
 from vaelab.priors.normal import NormalPrior
 
 TERMS = ("elbo", "reconstruction", "kl", "bits_per_dim")
 STAGES = ("val", "test")
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "beta_tcvae", "dip_vae")
 
 
 def iwae_bound(log_weights: Tensor) -> Tensor:
@@ -63,6 +94,17 @@ class VAE(LightningModule):
         stochastic: bool = True,
         objective: str = "elbo",
         free_bits: float = 0.0,
+        kl_schedule: str = "linear",
+        kl_cycles: int = 4,
+        kl_cycle_ratio: float = 0.5,
+        capacity_max: float = 0.0,
+        capacity_steps: int = 100_000,
+        capacity_weight: float = 1000.0,
+        tc_weight: float = 1.0,
+        tc_estimator: str = "mss",
+        dataset_size: int | None = None,
+        dip_type: str = "i",
+        lambda_od: float = 10.0,
         compile: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
@@ -83,6 +125,23 @@ class VAE(LightningModule):
                 "model.objective=iwae needs a stochastic encoder and no free bits (the IWAE bound "
                 "has no separate KL term to floor)"
             )
+        check_options(
+            objective,
+            stochastic=stochastic,
+            free_bits=free_bits,
+            kl_warmup_steps=kl_warmup_steps,
+            kl_schedule=kl_schedule,
+            kl_cycles=kl_cycles,
+            kl_cycle_ratio=kl_cycle_ratio,
+            capacity_max=capacity_max,
+            capacity_steps=capacity_steps,
+            capacity_weight=capacity_weight,
+            tc_weight=tc_weight,
+            tc_estimator=tc_estimator,
+            dataset_size=dataset_size,
+            dip_type=dip_type,
+            lambda_od=lambda_od,
+        )
         self.image_shape = tuple(int(size) for size in image_shape)
         self.save_hyperparameters({"image_shape": list(self.image_shape)}, logger=False)
         self.remember(
@@ -93,6 +152,17 @@ class VAE(LightningModule):
             stochastic=stochastic,
             objective=objective,
             free_bits=free_bits,
+            kl_schedule=kl_schedule,
+            kl_cycles=kl_cycles,
+            kl_cycle_ratio=kl_cycle_ratio,
+            capacity_max=capacity_max,
+            capacity_steps=capacity_steps,
+            capacity_weight=capacity_weight,
+            tc_weight=tc_weight,
+            tc_estimator=tc_estimator,
+            dataset_size=dataset_size,
+            dip_type=dip_type,
+            lambda_od=lambda_od,
         )
         self.likelihood = likelihood
         self.posterior = posterior(latent_dim)
@@ -101,6 +171,12 @@ class VAE(LightningModule):
             raise ConfigError(
                 "model.free_bits needs the KL per latent dimension, which only the gaussian "
                 "posterior with the normal prior has: set model.free_bits=0"
+            )
+        if objective in ("beta_tcvae", "dip_vae") and not self.closed_form_kl:
+            raise ConfigError(
+                f"model.objective={objective} needs one stochastic layer with "
+                "model/posterior=gaussian and model/prior=normal (it uses q(z|x)'s means and "
+                "variances and the N(0, I) prior): pick those, or model.objective=elbo"
             )
         channels, height, width = self.image_shape
         self.encoder = encoder(
@@ -226,6 +302,10 @@ class VAE(LightningModule):
             "log_prior_ratio": weighed["log_prior"] - weighed["log_posterior"],
             "kl": kl,
             "kl_per_dim": kl_per_dim,
+            # the draws and q's parameters, for the objectives that regularise q (beta_tcvae, dip)
+            "z": weighed["z"],
+            "mean": q.mean,
+            "log_var": q.log_var,
         }
 
     @staticmethod
@@ -240,26 +320,58 @@ class VAE(LightningModule):
         return self.elbo_terms(self.draw(x, num_samples))
 
     def training_loss(self, draws: dict[str, Tensor], kl_weight: float) -> Tensor:
-        """The objective to minimise (module docstring): beta-ELBO with free bits, or IWAE."""
+        """The objective to minimise (module docstring): beta-ELBO with free bits or annealed
+        capacity, IWAE, beta-TCVAE or DIP-VAE. Logs the terms beyond the ELBO's."""
         if self.objective == "iwae":
             log_weights = draws["log_likelihood"] + kl_weight * draws["log_prior_ratio"]
             return -iwae_bound(log_weights).mean()
         reconstruction = draws["log_likelihood"].mean(0).mean()
-        if self.free_bits > 0:  # KL per latent dimension averaged over the batch, floored
-            kl = draws["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
+        terms: dict[str, Tensor | float] = {}  # logged as train/<name>
+        if self.objective == "beta_tcvae":  # Chen et al. 2018: alpha = gamma = 1, beta = tc_weight
+            size = self.dataset_size or self.training_set_size()
+            terms = kl_decomposition(
+                draws["z"], draws["mean"], draws["log_var"], size, self.tc_estimator
+            )
+            regulariser = kl_weight * (terms["mi"] + self.tc_weight * terms["tc"] + terms["dim_kl"])
+        elif self.capacity_max > 0:  # Burgess et al. 2018: gamma |KL - C_t|
+            capacity = annealed_capacity(self.global_step, self.capacity_max, self.capacity_steps)
+            regulariser = capacity_penalty(draws["kl"].mean(), capacity, self.capacity_weight)
+            terms["capacity"] = capacity
+        elif self.free_bits > 0:  # KL per latent dimension averaged over the batch, floored
+            regulariser = kl_weight * draws["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
         else:
-            kl = draws["kl"].mean()
-        return -(reconstruction - kl_weight * kl)
+            regulariser = kl_weight * draws["kl"].mean()
+        if self.objective == "dip_vae":  # Kumar et al. 2018: lambda_d = 10 lambda_od for DIP-VAE-I
+            lambda_d = self.lambda_od * (10.0 if self.dip_type == "i" else 1.0)
+            covariance = dip_covariance(draws["mean"], draws["log_var"], self.dip_type)
+            terms["dip_penalty"] = dip_penalty(covariance, self.lambda_od, lambda_d)
+            regulariser = regulariser + terms["dip_penalty"]
+        if terms and self.logs_this_step():
+            logged = {f"train/{name}": value for name, value in terms.items()}
+            self.log_dict(logged, on_step=True, on_epoch=False, sync_dist=True)
+        return -reconstruction + regulariser
+
+    def training_set_size(self) -> int:
+        """N for beta-TCVAE when `dataset_size` is None: the size of the dataset the Trainer's
+        training DataLoader draws from (all of it, not one DDP rank's share)."""
+        try:
+            return len(self.trainer.train_dataloader.dataset)
+        except (RuntimeError, AttributeError, TypeError):
+            raise ConfigError(
+                "model.objective=beta_tcvae needs the training set's size: set model.dataset_size=N"
+            ) from None
 
     def bits_per_dim(self, elbo: Tensor) -> Tensor:
         """-elbo / (D ln 2): the bound in bits per pixel and channel."""
         return -elbo / (self.num_dims * math.log(2))
 
     def kl_weight_at(self, step: int) -> float:
-        """beta_t: linear warm-up from 0 to kl_weight over kl_warmup_steps optimizer steps."""
-        if self.kl_warmup_steps <= 0:
-            return self.kl_weight
-        return self.kl_weight * min(1.0, step / self.kl_warmup_steps)
+        """beta_t: kl_weight times the `kl_schedule` (linear warm-up or cyclical) at this
+        optimizer step, over kl_warmup_steps steps (vaelab.objectives.kl_schedule_factor)."""
+        factor = kl_schedule_factor(
+            step, self.kl_schedule, self.kl_warmup_steps, self.kl_cycles, self.kl_cycle_ratio
+        )
+        return self.kl_weight * factor
 
     def logs_this_step(self) -> bool:
         """Whether loggers write this step: self.log costs ~1 ms a call on a CPU, so train/*
