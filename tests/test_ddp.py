@@ -64,7 +64,8 @@ def test_one_step_on_two_processes_equals_one_process_with_their_batch(tmp_path)
     one_metrics = json.loads((one / "metrics.json").read_text())
     two_metrics = json.loads((two / "metrics.json").read_text())
     evaluated = [k for k in one_metrics if k.startswith(("val/", "test/", "train/"))]
-    assert len(evaluated) == 8 + 6  # train/*: averaged over the ranks' shards
+    # train/*: averaged over the ranks' shards; the regularity check's 4 test/* from every rank
+    assert len(evaluated) == 8 + 6 + 4
     for key in evaluated:
         assert two_metrics[key] == pytest.approx(one_metrics[key], rel=1e-6, abs=1e-6)
 

@@ -106,6 +106,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not (last.exists() or trainer.fast_dev_run):  # no optimizer step (model=pca), so
+            trainer.save_checkpoint(last)  # ModelCheckpoint wrote nothing
         metrics.update(
             {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         )
