@@ -86,7 +86,7 @@ class StubModel(torch.nn.Module):
 
 class StubData:
     def __init__(self, val: torch.Tensor) -> None:
-        self.images = {"val": val, "train": val, "test": val}
+        self.images = self.datasets = {"val": val, "train": val, "test": val}
 
     def setup(self, stage: str | None = None) -> None:
         pass

@@ -12,9 +12,11 @@ from helpers import make_cfg, run_train, write_tiny_mnist
 from PIL import Image
 from torchvision import datasets
 
+from vaelab.components import build
 from vaelab.errors import ConfigError
 from vaelab.loggers import make_loggers, wandb_offline_reason
 from vaelab.train import finish_wandb, train
+from vaelab.vae import VAE
 
 TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 PICTURES = ("samples", "reconstructions", "interpolations", "traversals")
@@ -280,3 +282,42 @@ def test_bf16_mixed_precision_trains(tmp_path):
         make_cfg(tmp_path, [*TINY_SPRITES, "debug=fdr", "trainer.precision=bf16-mixed"])
     )
     assert math.isfinite(metrics["test/elbo"]) and metrics["test/elbo"] < 0
+
+
+def test_val_size_zero_trains_on_the_whole_training_set_and_tests_the_last_state(
+    tmp_path, tiny_mnist
+):
+    """The papers' protocol: all 40 training images of the tiny MNIST, no validation."""
+    root, arrays = tiny_mnist
+    seen = []
+    cfg = make_cfg(
+        tmp_path,
+        [
+            "data=mnist",
+            f"data.root={root}",
+            "data.download=false",
+            "data.val_size=0",
+            "data.batch_size=8",
+            "trainer.max_epochs=2",
+            "eval.plausibility_samples=10",
+        ],
+    )
+    datamodule, _ = build(cfg)
+    datamodule.setup()
+    assert len(datamodule.datasets["train"]) == len(arrays["train-images-idx3-ubyte"]) == 40
+    assert "val" not in datamodule.datasets
+    original = VAE.training_step
+
+    def counting(self, batch, batch_idx):
+        seen.append(len(batch[0]))
+        return original(self, batch, batch_idx)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(VAE, "training_step", counting)
+        metrics = train(cfg)
+    assert sum(seen) == 2 * 40 and metrics["global_step"] == 10
+    assert not any(key.startswith("val/") for key in metrics)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10
+    assert not list((tmp_path / "checkpoints").glob("epoch*.ckpt"))  # no best without val
+    assert math.isfinite(metrics["test/elbo"]) and 0 <= metrics["test/plausible_samples"] <= 1

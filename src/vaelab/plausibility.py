@@ -72,7 +72,8 @@ def regularity(
     was_training = model.training
     model.eval()
     datamodule.setup("test")
-    band = intensity_band(datamodule.example_images("val", MAX_IMAGES))
+    reference = "val" if "val" in datamodule.datasets else "train"  # val_size=0: no val split
+    band = intensity_band(datamodule.example_images(reference, MAX_IMAGES))
     images = datamodule.example_images(split, MAX_IMAGES)
     generator = torch.Generator().manual_seed(seed)
     train_images = datamodule.example_images("train", MAX_IMAGES)

@@ -159,6 +159,8 @@ class ImageDataModule(LightningDataModule):
             # val and test are binarised once, so every evaluation sees the same data
             static = ("train", "val", "test") if self.binarize == "static" else ("val", "test")
             for offset, split in enumerate(static):
+                if split not in datasets:  # data.val_size=0: no val split
+                    continue
                 data = datasets[split]
                 assert isinstance(data, InMemoryImages), "binarisation needs in-memory images"
                 images = binarize(data.images, self.seed + offset)
@@ -221,8 +223,9 @@ class ImageDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        """The val split's batches; none (validation skipped) where there is no val split."""
+        return self._loader("val", shuffle=False) if "val" in self.datasets else []
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

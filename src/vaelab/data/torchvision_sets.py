@@ -1,7 +1,8 @@
 """MNIST, Fashion-MNIST and CIFAR-10 through torchvision, held in memory as uint8 tensors.
 
 The official training set is split into train and val by seed (`val_size` images for val); the
-official test set is the test split.
+official test set is the test split. `val_size=0` is the papers' protocol (Burda et al. 2016
+train on all 60,000 MNIST images): no val split, no validation, the last checkpoint is tested.
 """
 
 import contextlib
@@ -27,8 +28,8 @@ class TorchvisionDataModule(ImageDataModule):
 
     def __init__(self, root: str, download: bool = True, val_size: int = 10_000, **kwargs) -> None:
         super().__init__(**kwargs)
-        if val_size < 1:
-            raise ConfigError(f"data.val_size must be a positive integer, got {val_size}")
+        if val_size < 0:
+            raise ConfigError(f"data.val_size must be >= 0 (0: no validation), got {val_size}")
         self.root = Path(root)
         self.download = download
         self.val_size = val_size
@@ -54,13 +55,15 @@ class TorchvisionDataModule(ImageDataModule):
         images, labels = self.read(train=True)
         if self.val_size >= len(images):
             raise ConfigError(f"data.val_size={self.val_size} leaves no training images")
+        test = InMemoryImages(*self.read(train=False))
+        if self.val_size == 0:  # the papers' protocol: train on the whole official training set
+            return {"train": InMemoryImages(images, labels), "test": test}
         fraction = self.val_size / len(images)
         parts = split_indices(len(images), {"val": fraction, "train": 0.0}, self.seed)
-        test_images, test_labels = self.read(train=False)
         return {
             "train": InMemoryImages(images[parts["train"]], labels[parts["train"]]),
             "val": InMemoryImages(images[parts["val"]], labels[parts["val"]]),
-            "test": InMemoryImages(test_images, test_labels),
+            "test": test,
         }
 
 
