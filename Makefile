@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# make train's preset (conf/experiment/); `make train EXPERIMENT=null` trains plain train.py
+# make train's preset (conf/experiment/); `make train EXPERIMENT=` trains plain train.py
 EXPERIMENT ?= sprites_vamp
 
 train: $(STAMP)
-	$(BIN)/python train.py experiment=$(EXPERIMENT) $(ARGS)
+	$(BIN)/python train.py $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from vaelab.data.sprites import SpritesDataModule
-from vaelab.plausibility import count_objects, generate, intensity_band, plausible, regularity
+from vaelab.plausibility import (
+    count_objects,
+    fitted_gaussian_samples,
+    intensity_band,
+    plausible,
+    regularity,
+)
 
 SIDE = 16
 BAND = (0.02, 0.2)  # mean intensities of sprite-like images on 16 x 16
@@ -69,6 +75,7 @@ class StubModel(torch.nn.Module):
     def __init__(self, samples: torch.Tensor, stochastic: bool = True) -> None:
         super().__init__()
         self.samples, self.stochastic = samples, stochastic
+        self.has_prior = stochastic
         self.device, self.dtype = torch.device("cpu"), torch.float32
 
     def sample(self, num_samples: int, generator=None) -> torch.Tensor:
@@ -87,6 +94,7 @@ class StubModel(torch.nn.Module):
 class StubData:
     def __init__(self, val: torch.Tensor) -> None:
         self.images = self.datasets = {"val": val, "train": val, "test": val}
+        self.single_objects = True
 
     def setup(self, stage: str | None = None) -> None:
         pass
@@ -116,7 +124,8 @@ def test_an_autoencoders_samples_come_from_the_gaussian_fitted_to_its_codes():
     factor = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [-0.3, 0.2, 0.5]])
     codes = mean + torch.randn(20_000, 3, generator=generator) @ factor.T
     model = StubModel(samples=torch.empty(0), stochastic=False)
-    drawn = generate(model, codes[:, None, None, :], 20_000, generator).flatten(1).double()
+    drawn = fitted_gaussian_samples(model, codes[:, None, None, :], 20_000, generator)
+    drawn = drawn.flatten(1).double()
     fitted = codes.double()
     assert torch.allclose(drawn.mean(0), fitted.mean(0), atol=0.04)  # 4 standard errors
     assert torch.allclose(torch.cov(drawn.T), torch.cov(fitted.T), atol=0.06)

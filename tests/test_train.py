@@ -299,6 +299,7 @@ def test_val_size_zero_trains_on_the_whole_training_set_and_tests_the_last_state
             "data.val_size=0",
             "data.batch_size=8",
             "trainer.max_epochs=2",
+            "trainer.check_val_every_n_epoch=2",  # as the presets: the checkpoint still comes
             "eval.plausibility_samples=10",
         ],
     )
@@ -319,5 +320,7 @@ def test_val_size_zero_trains_on_the_whole_training_set_and_tests_the_last_state
     assert not any(key.startswith("val/") for key in metrics)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 10
+    written_by = [state for key, state in last["callbacks"].items() if "'monitor': None" in key]
+    assert written_by[0]["best_model_path"].endswith("last.ckpt")  # during training, not after
     assert not list((tmp_path / "checkpoints").glob("epoch*.ckpt"))  # no best without val
     assert math.isfinite(metrics["test/elbo"]) and 0 <= metrics["test/plausible_samples"] <= 1

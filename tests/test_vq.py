@@ -9,6 +9,7 @@ from helpers import ROOT, make_cfg
 from hydra import compose, initialize_config_dir
 
 from vaelab.components import build
+from vaelab.errors import ConfigError
 from vaelab.evaluate import evaluate_split, load_model
 from vaelab.likelihoods import Bernoulli
 from vaelab.nets.mlp import MLPDecoder, MLPEncoder
@@ -238,3 +239,11 @@ def test_resumed_run_restores_the_codebook_state(tmp_path):
     for name in ("codebook", "cluster_size", "cluster_sum"):
         assert torch.equal(getattr(model, name), saved[name])
         assert not torch.equal(saved[name], fresh[name]), name  # trained, not the initial state
+
+
+def test_runs_saved_with_code_dim_still_build():
+    """Before 2026-11-29 a VQ config said code_dim = D; latent_dim is now P * D."""
+    model = make_vq(num_positions=3, code_dim=2, codebook_size=5)
+    assert (model.latent_dim, model.code_dim, tuple(model.codebook.shape)) == (6, 2, (5, 2))
+    with pytest.raises(ConfigError, match="a multiple of num_positions"):
+        make_vq(num_positions=3, latent_dim=7)

@@ -128,6 +128,8 @@ def evaluate_split(
 ) -> dict[str, float]:
     """`evaluate` on the datamodule's `val` or `test` split, batches made as in training."""
     datamodule.setup("test")
+    if split not in datamodule.datasets:
+        raise ConfigError(f"the data has no {split} split (data.val_size=0?): use eval.split=test")
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     return evaluate(
         model,
@@ -187,10 +189,21 @@ def evaluate_test_split(
         results |= evaluate_split(model, datamodule, split, eval_cfg)
         print_results(results, split)
     if eval_cfg.get("plausibility_samples", 0) > 0:
+        if not datamodule.single_objects:
+            rank_zero_print(
+                f"no regularity check: {type(datamodule).__name__}'s images are not one object "
+                "each (eval.plausibility_samples applies to sprites, MNIST and Fashion-MNIST)"
+            )
+            return results
         report = regularity(model, datamodule, eval_cfg.plausibility_samples, eval_cfg.seed, split)
         print_regularity(report, eval_cfg.plausibility_samples, split)
         results |= report
     return results
+
+
+@rank_zero_only
+def rank_zero_print(message: str) -> None:
+    print(message)
 
 
 @rank_zero_only

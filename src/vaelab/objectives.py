@@ -14,6 +14,7 @@ log_var(x)) and the prior p(z) = N(0, I).
   "Variational Inference of Disentangled Latent Concepts from Unlabeled Observations").
 """
 
+import functools
 import math
 
 import torch
@@ -69,6 +70,14 @@ def log_density_matrix(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + log_var + (z - mean).square() * torch.exp(-log_var))
 
 
+@functools.lru_cache(maxsize=8)
+def importance_weights_on(
+    batch_size: int, dataset_size: int, estimator: str, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """`log_importance_weights` made once per shape, device and dtype, not copied every step."""
+    return log_importance_weights(batch_size, dataset_size, estimator).to(device, dtype)
+
+
 def log_importance_weights(batch_size: int, dataset_size: int, estimator: str) -> Tensor:
     """log w_ij (batch i, batch j): log q(z_i) ~ log sum_j w_ij q(z_i | x_j), for z_i ~ q(z|x_i)
     and x_1..x_B a minibatch drawn from the N training examples (Chen et al. 2018, appendix C).
@@ -116,7 +125,7 @@ def kl_decomposition(
     estimator. Each is a scalar.
     """
     log_q = log_density_matrix(z, mean, log_var)  # (samples, batch i, batch j, latent)
-    log_w = log_importance_weights(len(mean), dataset_size, estimator).to(log_q)
+    log_w = importance_weights_on(len(mean), dataset_size, estimator, log_q.device, log_q.dtype)
     log_q_given_x = log_q.diagonal(dim1=-3, dim2=-2).sum(-2)  # log q(z_i|x_i), (samples, batch)
     log_q_joint = torch.logsumexp(log_w + log_q.sum(-1), dim=-1)  # log q(z_i)
     log_q_marginals = torch.logsumexp(log_w[..., None] + log_q, dim=-2).sum(-1)  # sum_d log q(z_id)

@@ -45,13 +45,11 @@ def plausible(images: Tensor, band: tuple[float, float], threshold: float = 0.5)
 
 
 @torch.no_grad()
-def generate(
+def fitted_gaussian_samples(
     model: VAE, train_images: Tensor, num_samples: int, generator: torch.Generator
 ) -> Tensor:
-    """E[x|z] for z drawn from the prior or, for a deterministic autoencoder (whose codes have no
-    prior), from the full-covariance Gaussian fitted to its codes of `train_images`."""
-    if model.stochastic:
-        return model.sample(num_samples, generator)
+    """E[x|z] for z drawn from the full-covariance Gaussian fitted to the model's codes of
+    `train_images`: what an autoencoder, whose codes have no prior, generates."""
     codes = torch.cat([model.code(chunk.to(model.device)) for chunk in train_images.split(1000)])
     codes = codes.to("cpu", torch.float64)
     covariance = torch.cov(codes.T).reshape(codes.shape[1], codes.shape[1])
@@ -65,10 +63,11 @@ def generate(
 def regularity(
     model: VAE, datamodule: LightningDataModule, num_samples: int, seed: int, split: str = "test"
 ) -> dict[str, float]:
-    """Whether the latent space is regular: against the band of the validation images, the
-    plausible shares of `num_samples` generated images, and of the split's images (at most
-    10,000) and their reconstructions; and the reconstructions' squared error per image (the
-    sum over pixels of (x - E[x|z])^2, z the code of x)."""
+    """Whether the latent space is regular: against the band of the validation images (the
+    training images' where there is no val split), the plausible shares of `num_samples`
+    images generated from the prior (from `fitted_gaussian_samples` without one), and of the
+    split's images (at most 10,000) and their reconstructions; and the reconstructions' squared
+    error per image (the sum over pixels of (x - E[x|z])^2, z the code of x)."""
     was_training = model.training
     model.eval()
     datamodule.setup("test")
@@ -76,8 +75,11 @@ def regularity(
     band = intensity_band(datamodule.example_images(reference, MAX_IMAGES))
     images = datamodule.example_images(split, MAX_IMAGES)
     generator = torch.Generator().manual_seed(seed)
-    train_images = datamodule.example_images("train", MAX_IMAGES)
-    samples = generate(model, train_images, num_samples, generator)
+    if model.has_prior:
+        samples = model.sample(num_samples, generator)
+    else:
+        train_images = datamodule.example_images("train", MAX_IMAGES)
+        samples = fitted_gaussian_samples(model, train_images, num_samples, generator)
     reconstructions = torch.cat(
         [model.reconstruct(chunk.to(model.device)).cpu() for chunk in images.split(1000)]
     )

@@ -206,6 +206,12 @@ class VAE(LightningModule):
         return self.posterior.gaussian and self.prior.standard
 
     @property
+    def has_prior(self) -> bool:
+        """Whether `sample` draws from a prior the model was trained with (an autoencoder's
+        codes have none: its samples are only a picture of N(0, I) decoded)."""
+        return self.stochastic
+
+    @property
     def num_units(self) -> int:
         """Latent units counted by active units and KL per dimension (all stochastic layers)."""
         return self.latent_dim

@@ -85,10 +85,14 @@ class VQVAE(VAE):
         compile: bool = False,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        code_dim: int | None = None,
         **settings: Any,
     ) -> None:
-        """`latent_dim` = P * D, the numbers the decoder reads; `settings` are VAE's (those
+        """`latent_dim` = P * D, the numbers the decoder reads; `code_dim` = D, the older spelling
+        (runs saved before 2026-11-29), sets latent_dim = P * D; `settings` are VAE's (those
         about the KL, such as kl_warmup_steps, change nothing: the loss has no KL term)."""
+        if code_dim is not None:
+            latent_dim = num_positions * code_dim
         if min(latent_dim, num_positions, codebook_size) < 1 or latent_dim % num_positions:
             raise ConfigError(
                 "model.latent_dim, model.num_positions and model.codebook_size must be positive "
@@ -256,6 +260,11 @@ class VQVAE(VAE):
         means["train/perplexity"] = perplexity(counts.float())
         self.log_dict({"train/loss": loss, **means}, on_step=True, on_epoch=False, sync_dist=True)
         return loss
+
+    @property
+    def has_prior(self) -> bool:
+        """The uniform prior over the K^P codes, which `sample` draws from."""
+        return True
 
     def extra_metrics(self) -> dict[str, Metric]:
         return {"perplexity": CodebookPerplexity(self.codebook_size)}

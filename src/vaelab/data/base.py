@@ -115,6 +115,7 @@ class ImageDataModule(LightningDataModule):
 
     image_shape: tuple[int, int, int]
     binary_data: bool = False  # the pixels are 0/1 before any binarisation
+    single_objects: bool = False  # one object an image: the regularity check applies
 
     def __init__(
         self,

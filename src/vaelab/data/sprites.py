@@ -107,6 +107,7 @@ class SpritesDataModule(ImageDataModule):
 
     image_shape = (1, SIDE, SIDE)
     binary_data = True
+    single_objects = True
 
     def __init__(
         self,

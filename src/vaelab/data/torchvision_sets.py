@@ -70,11 +70,13 @@ class TorchvisionDataModule(ImageDataModule):
 class MNISTDataModule(TorchvisionDataModule):
     dataset_class = datasets.MNIST
     image_shape = (1, 28, 28)
+    single_objects = True
 
 
 class FashionMNISTDataModule(TorchvisionDataModule):
     dataset_class = datasets.FashionMNIST
     image_shape = (1, 28, 28)
+    single_objects = True
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
