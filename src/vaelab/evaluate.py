@@ -209,9 +209,9 @@ def rank_zero_print(message: str) -> None:
 @rank_zero_only
 def print_regularity(report: dict[str, float], num_samples: int, split: str) -> None:
     print(
-        f"regular latent space: {100 * report['plausible_samples']:.1f}% of {num_samples} prior "
-        "samples are plausible (one object, mean intensity in the validation images' 1st-99th "
-        f"percentile band); {split} reconstructions "
+        f"regular latent space: {100 * report['plausible_samples']:.1f}% of {num_samples} "
+        "generated images are plausible (one object, mean intensity in the real images' "
+        f"1st-99th percentile band); {split} reconstructions "
         f"{100 * report['plausible_reconstructions']:.1f}%, {split} images "
         f"{100 * report['plausible_data']:.1f}%"
     )
