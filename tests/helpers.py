@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -67,3 +68,12 @@ def run_python(*args: str, cwd: Path = ROOT, wait: bool = True, timeout: int = 3
 def run_train(log_dir: Path, *overrides: str, **kwargs):
     """`python train.py` with its outputs under log_dir (see run_python for the keywords)."""
     return run_python(ROOT / "train.py", *overrides, f"paths.log_dir={log_dir}", **kwargs)
+
+
+def logged_training_step(model, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
+    """model.training_step on (x, None) after torch.manual_seed(seed), and what it logged."""
+    logged = {}
+    model.log_dict = lambda values, **kwargs: logged.update(values)
+    model.log = lambda name, value, **kwargs: logged.update({name: value})
+    torch.manual_seed(seed)
+    return model.training_step((x, None), 0), logged

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg
+from helpers import logged_training_step, make_cfg
 from hydra.utils import instantiate
 
 from vaelab.errors import ConfigError, user_error
@@ -35,14 +35,6 @@ def make_vae(latent_dim: int = 2, **kwargs) -> VAE:
 def binary_images(count: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(count)
     return torch.bernoulli(torch.full((count, 1, 28, 28), 0.3), generator=generator)
-
-
-def logged_training_step(model: VAE, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
-    logged = {}
-    model.log_dict = lambda values, **kwargs: logged.update(values)
-    model.log = lambda name, value, **kwargs: logged.update({name: value})
-    torch.manual_seed(seed)
-    return model.training_step((x, None), 0), logged
 
 
 def same_draws(model: VAE, x: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:

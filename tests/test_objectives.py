@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from helpers import make_cfg
+from helpers import logged_training_step, make_cfg
 from hydra.utils import instantiate
 
 from vaelab.errors import ConfigError
@@ -27,14 +27,6 @@ def make_vae(**kwargs) -> VAE:
         latent_dim=4,
         **kwargs,
     )
-
-
-def logged_training_step(model: VAE, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict]:
-    logged = {}
-    model.log_dict = lambda values, **kwargs: logged.update(values)
-    model.log = lambda name, value, **kwargs: logged.update({name: value})
-    torch.manual_seed(seed)
-    return model.training_step((x, None), 0), logged
 
 
 def by_hand(model: VAE, x: torch.Tensor, num_samples: int, seed: int) -> dict[str, torch.Tensor]:

@@ -125,22 +125,25 @@ class VAE(LightningModule):
                 "model.objective=iwae needs a stochastic encoder and no free bits (the IWAE bound "
                 "has no separate KL term to floor)"
             )
+        objective_settings = {  # checked by vaelab.objectives, kept as attributes
+            "kl_schedule": kl_schedule,
+            "kl_cycles": kl_cycles,
+            "kl_cycle_ratio": kl_cycle_ratio,
+            "capacity_max": capacity_max,
+            "capacity_steps": capacity_steps,
+            "capacity_weight": capacity_weight,
+            "tc_weight": tc_weight,
+            "tc_estimator": tc_estimator,
+            "dataset_size": dataset_size,
+            "dip_type": dip_type,
+            "lambda_od": lambda_od,
+        }
         check_options(
             objective,
             stochastic=stochastic,
             free_bits=free_bits,
             kl_warmup_steps=kl_warmup_steps,
-            kl_schedule=kl_schedule,
-            kl_cycles=kl_cycles,
-            kl_cycle_ratio=kl_cycle_ratio,
-            capacity_max=capacity_max,
-            capacity_steps=capacity_steps,
-            capacity_weight=capacity_weight,
-            tc_weight=tc_weight,
-            tc_estimator=tc_estimator,
-            dataset_size=dataset_size,
-            dip_type=dip_type,
-            lambda_od=lambda_od,
+            **objective_settings,
         )
         self.image_shape = tuple(int(size) for size in image_shape)
         self.save_hyperparameters({"image_shape": list(self.image_shape)}, logger=False)
@@ -152,17 +155,7 @@ class VAE(LightningModule):
             stochastic=stochastic,
             objective=objective,
             free_bits=free_bits,
-            kl_schedule=kl_schedule,
-            kl_cycles=kl_cycles,
-            kl_cycle_ratio=kl_cycle_ratio,
-            capacity_max=capacity_max,
-            capacity_steps=capacity_steps,
-            capacity_weight=capacity_weight,
-            tc_weight=tc_weight,
-            tc_estimator=tc_estimator,
-            dataset_size=dataset_size,
-            dip_type=dip_type,
-            lambda_od=lambda_od,
+            **objective_settings,
         )
         self.likelihood = likelihood
         self.posterior = posterior(latent_dim)
