@@ -21,7 +21,7 @@ import lightning as L
 import rich
 import rich.table
 import torch
-from lightning.pytorch.utilities import move_data_to_device, rank_zero_only
+from lightning.pytorch.utilities import move_data_to_device, rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 from torch.utils.data import DataLoader
@@ -174,7 +174,7 @@ def evaluate_after_test(
     model.to(trainer.strategy.root_device)
     results = evaluate_test_split(model, datamodule, eval_cfg)
     metrics = {f"test/{name}": value for name, value in results.items()}
-    for logger in trainer.loggers:
+    for logger in trainer.loggers if metrics else ():
         logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()
     return metrics
@@ -190,7 +190,7 @@ def evaluate_test_split(
         print_results(results, split)
     if eval_cfg.get("plausibility_samples", 0) > 0:
         if not datamodule.single_objects:
-            rank_zero_print(
+            rank_zero_info(
                 f"no regularity check: {type(datamodule).__name__}'s images are not one object "
                 "each (eval.plausibility_samples applies to sprites, MNIST and Fashion-MNIST)"
             )
@@ -199,11 +199,6 @@ def evaluate_test_split(
         print_regularity(report, eval_cfg.plausibility_samples, split)
         results |= report
     return results
-
-
-@rank_zero_only
-def rank_zero_print(message: str) -> None:
-    print(message)
 
 
 @rank_zero_only
@@ -261,9 +256,9 @@ def device_for(name: str) -> torch.device:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate `cfg.ckpt_path`: with `eval.images`, write the pictures training writes; unless
-    `eval.num_importance_samples` and `eval.plausibility_samples` are 0, print the metrics and
-    write metrics.json."""
+    """Evaluate `cfg.ckpt_path`: with `eval.images`, write the pictures training writes; where
+    `eval` asks for metrics that apply (`evaluate_test_split`), print them and write
+    metrics.json."""
     split = cfg.eval.split
     if split not in ("val", "test"):
         raise ConfigError(f"eval.split must be val or test, got {split!r}")
@@ -274,9 +269,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.eval.images:
         LatentImages(seed=cfg.eval.seed).write(model, datamodule, split, output_dir / "images")
         print(f"pictures of the {split} split in {output_dir / 'images'}")
-    if cfg.eval.num_importance_samples == 0 and cfg.eval.get("plausibility_samples", 0) == 0:
-        return {}
     results = evaluate_test_split(model, datamodule, cfg.eval, split)
+    if not results:
+        return {}
     saved = {"ckpt_path": str(cfg.ckpt_path), "split": split, **results}
     write_metrics(output_dir / "metrics.json", saved)
     return results

@@ -117,8 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(scalars(trainer.validate(model, datamodule=datamodule, ckpt_path=best)))
     if cfg.get("test", True):
         metrics.update(scalars(trainer.test(model, datamodule=datamodule, ckpt_path=best)))
-        if cfg.eval.num_importance_samples > 0 or cfg.eval.get("plausibility_samples", 0) > 0:
-            metrics.update(evaluate_after_test(trainer, model, datamodule, cfg.eval))
+        metrics.update(evaluate_after_test(trainer, model, datamodule, cfg.eval))
     metrics["global_step"] = trainer.global_step
     write_metrics(output_dir / "metrics.json", {"status": "ok", "best_checkpoint": best, **metrics})
     return metrics
