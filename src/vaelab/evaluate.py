@@ -31,6 +31,7 @@ from vaelab.callbacks.images import LatentImages
 from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
 from vaelab.components import build
 from vaelab.config import write_metrics
+from vaelab.disentanglement.report import model_disentanglement
 from vaelab.errors import ConfigError, user_error
 from vaelab.metrics import (
     MeanPerDimension,
@@ -142,12 +143,10 @@ def evaluate_split(
 
 
 @rank_zero_only
-def print_results(results: dict[str, float], split: str) -> None:
+def print_results(results: dict[str, float], title: str) -> None:
     """The metrics as a table; the KL of each latent dimension on one line below it."""
     samples = results.get("num_importance_samples")
-    table = rich.table.Table(
-        title=f"{split} set" + (f", NLL with k = {samples}" if samples else "")
-    )
+    table = rich.table.Table(title=title + (f", NLL with k = {samples}" if samples else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
     per_dim = []
@@ -183,11 +182,18 @@ def evaluate_after_test(
 def evaluate_test_split(
     model: VAE, datamodule: L.LightningDataModule, eval_cfg: DictConfig, split: str = "test"
 ) -> dict[str, float]:
-    """The metrics `eval` asks for on a split, printed: `evaluate`'s and `regularity`'s."""
+    """The metrics `eval` asks for on a split, printed: `evaluate`'s, the disentanglement
+    scores (drawn from the factor grid, not the split) and `regularity`'s."""
     results: dict[str, float] = {}
     if eval_cfg.num_importance_samples > 0:
         results |= evaluate_split(model, datamodule, split, eval_cfg)
-        print_results(results, split)
+        print_results(results, f"{split} set")
+    if eval_cfg.get("disentanglement_points", 0) > 0:
+        scores = model_disentanglement(
+            model, datamodule, eval_cfg.disentanglement_points, eval_cfg.seed
+        )
+        print_results(scores, f"disentanglement, {eval_cfg.disentanglement_points} points")
+        results |= scores
     if eval_cfg.get("plausibility_samples", 0) > 0:
         if not datamodule.single_objects:
             rank_zero_info(

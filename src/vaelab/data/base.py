@@ -116,6 +116,7 @@ class ImageDataModule(LightningDataModule):
     image_shape: tuple[int, int, int]
     binary_data: bool = False  # the pixels are 0/1 before any binarisation
     single_objects: bool = False  # one object an image: the regularity check applies
+    factor_sizes: tuple[int, ...] | None = None  # classes of each ground-truth factor, if known
 
     def __init__(
         self,

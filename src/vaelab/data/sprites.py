@@ -45,6 +45,14 @@ def index_to_classes(indices: Tensor) -> Tensor:
     return torch.stack(classes[::-1], dim=-1)
 
 
+def classes_to_index(classes: Tensor) -> Tensor:
+    """Sprite indices of factor classes (N, 5): the inverse of `index_to_classes`."""
+    index = torch.zeros(len(classes), dtype=torch.long)
+    for k, size in enumerate(FACTOR_SIZES):
+        index = index * size + classes[:, k].long()
+    return index
+
+
 def render(classes: Tensor) -> Tensor:
     """Binary images (N, 1, 64, 64) as uint8 0/255 for factor classes (N, 5)."""
     values = factor_values()
@@ -108,6 +116,7 @@ class SpritesDataModule(ImageDataModule):
     image_shape = (1, SIDE, SIDE)
     binary_data = True
     single_objects = True
+    factor_sizes = FACTOR_SIZES
 
     def __init__(
         self,
@@ -143,6 +152,10 @@ class SpritesDataModule(ImageDataModule):
 
     def load(self) -> dict[str, Dataset]:
         return {split: self.dataset(indices) for split, indices in self.subset().items()}
+
+    def images_of(self, classes: Tensor) -> Tensor:
+        """uint8 images (N, 1, 64, 64) of any factor classes (N, 5), in or out of the subset."""
+        return render(classes)
 
 
 def render_in_chunks(sprites: Sprites, chunk: int = 4096) -> tuple[Tensor, Tensor]:

@@ -13,38 +13,53 @@ from sklearn.linear_model import LogisticRegression
 
 from vaelab.disentanglement.arrays import Array, as_numpy
 
-CodeSampler = Callable[[int, int, np.random.Generator], Array]
-PairSampler = Callable[[int, int, np.random.Generator], tuple[Array, Array]]
+CodeSampler = Callable[[np.ndarray, int, np.random.Generator], Array]
+PairSampler = Callable[[np.ndarray, int, np.random.Generator], tuple[Array, Array]]
 Encoder = Callable[[np.ndarray], Array]
+POINTS_PER_CALL = 64  # points whose batches are drawn and encoded together (64 x 64 images)
 
 
-def _sample_factors(
+def sample_factors(
     factor_sizes: Sequence[int], batch_size: int, rng: np.random.Generator
 ) -> np.ndarray:
+    """Factor classes (batch_size, K), each factor uniform over its classes."""
     return np.stack([rng.integers(size, size=batch_size) for size in factor_sizes], axis=1)
 
 
-def fixed_factor_sampler(factor_sizes: Sequence[int], encode: Encoder) -> CodeSampler:
-    """Codes of a batch of uniform factor classes whose factor `k` shares one random value."""
+def _encode_batches(encode: Encoder, factors: np.ndarray) -> np.ndarray:
+    """Codes (P, B, L) of factor classes (P, B, K), encoded in one call."""
+    points, batch_size, num_factors = factors.shape
+    codes = as_numpy(encode(factors.reshape(-1, num_factors)))
+    return codes.reshape(points, batch_size, -1)
 
-    def sample_codes(k: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        factors = _sample_factors(factor_sizes, batch_size, rng)
-        factors[:, k] = factors[0, k]
-        return as_numpy(encode(factors))
+
+def fixed_factor_sampler(factor_sizes: Sequence[int], encode: Encoder) -> CodeSampler:
+    """Codes (P, B, L) of P batches of uniform factor classes; in batch i, factor `ks[i]`
+    shares one random value."""
+
+    def sample_codes(ks: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        factors = sample_factors(factor_sizes, len(ks) * batch_size, rng)
+        factors = factors.reshape(len(ks), batch_size, -1)
+        points = np.arange(len(ks))
+        factors[points, :, ks] = factors[points, :1, ks]
+        return _encode_batches(encode, factors)
 
     return sample_codes
 
 
 def fixed_factor_pair_sampler(factor_sizes: Sequence[int], encode: Encoder) -> PairSampler:
-    """Codes of two batches of uniform factor classes, pair i sharing the value of factor `k`."""
+    """Codes (P, B, L) of two sets of P batches of uniform factor classes; pair (i, b) shares
+    the value of factor `ks[i]`."""
 
     def sample_pairs(
-        k: int, batch_size: int, rng: np.random.Generator
+        ks: np.ndarray, batch_size: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        first = _sample_factors(factor_sizes, batch_size, rng)
-        second = _sample_factors(factor_sizes, batch_size, rng)
-        second[:, k] = first[:, k]
-        return as_numpy(encode(first)), as_numpy(encode(second))
+        shape = (len(ks), batch_size, -1)
+        first = sample_factors(factor_sizes, len(ks) * batch_size, rng).reshape(shape)
+        second = sample_factors(factor_sizes, len(ks) * batch_size, rng).reshape(shape)
+        points = np.arange(len(ks))
+        second[points, :, ks] = first[points, :, ks]
+        return _encode_batches(encode, first), _encode_batches(encode, second)
 
     return sample_pairs
 
@@ -58,10 +73,11 @@ def _beta_vae_points(
 ) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(num_factors, size=num_points)
     points = []
-    for k in labels:
-        first, second = (as_numpy(codes) for codes in sample_pairs(int(k), batch_size, rng))
-        points.append(np.mean(np.abs(first - second), axis=0))  # z_diff = mean_b |z1_b - z2_b|
-    return np.stack(points), labels
+    for start in range(0, num_points, POINTS_PER_CALL):
+        ks = labels[start : start + POINTS_PER_CALL]
+        first, second = (as_numpy(codes) for codes in sample_pairs(ks, batch_size, rng))
+        points.append(np.mean(np.abs(first - second), axis=1))  # z_diff = mean_b |z1_b - z2_b|
+    return np.concatenate(points), labels
 
 
 def beta_vae_score(
@@ -104,11 +120,13 @@ def _factor_vae_votes(
     rng: np.random.Generator,
 ) -> np.ndarray:
     votes = np.zeros((num_factors, len(variances)), dtype=np.int64)
-    for _ in range(num_points):
-        k = int(rng.integers(num_factors))
-        local = np.var(as_numpy(sample_codes(k, batch_size, rng)), axis=0, ddof=1)
+    labels = rng.integers(num_factors, size=num_points)
+    for start in range(0, num_points, POINTS_PER_CALL):
+        ks = labels[start : start + POINTS_PER_CALL]
+        local = np.var(as_numpy(sample_codes(ks, batch_size, rng)), axis=1, ddof=1)
         # the unit whose variance, normalised by its variance over the data, is least
-        votes[k, active[np.argmin(local[active] / variances[active])]] += 1
+        units = active[np.argmin(local[:, active] / variances[active], axis=1)]
+        np.add.at(votes, (ks, units), 1)
     return votes
 
 
