@@ -222,3 +222,26 @@ def check_options(
             "model.capacity_max anneals the KL's target in place of free bits and the KL weight's "
             "schedule: set model.free_bits=0 and model.kl_warmup_steps=0"
         )
+
+
+def permute_dims(z: Tensor) -> Tensor:
+    """Each unit of z (batch, L) shuffled across the batch on its own: draws from prod_j q(z_j),
+    the product of the marginals (Kim & Mnih 2018, Algorithm 2)."""
+    return z.gather(0, torch.rand_like(z).argsort(dim=0))
+
+
+def density_ratio_tc(logits: Tensor) -> Tensor:
+    """TC(z) ~ E_q(z)[log D(z) / (1 - D(z))], D(z) = softmax(logits)[:, 0] the discriminator's
+    probability that z came from q(z) rather than prod_j q(z_j): mean of logit_0 - logit_1."""
+    return (logits[:, 0] - logits[:, 1]).mean()
+
+
+def discriminator_loss(logits_joint: Tensor, logits_permuted: Tensor) -> Tensor:
+    """The discriminator's cross-entropy: class 0 for codes from q(z), class 1 for permuted ones,
+    the two halves weighted equally (Kim & Mnih 2018)."""
+    joint = torch.zeros(len(logits_joint), dtype=torch.long, device=logits_joint.device)
+    permuted = torch.ones(len(logits_permuted), dtype=torch.long, device=logits_permuted.device)
+    return 0.5 * (
+        torch.nn.functional.cross_entropy(logits_joint, joint)
+        + torch.nn.functional.cross_entropy(logits_permuted, permuted)
+    )

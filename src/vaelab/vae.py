@@ -424,9 +424,13 @@ class VAE(LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "test")
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one, every parameter at the optimizer's settings."""
+        return [{"params": list(self.parameters())}]
+
     def configure_optimizers(self) -> dict:
         factory = self.optimizer_factory or torch.optim.Adam
-        optimizer = factory(params=self.parameters())
+        optimizer = factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer)
