@@ -35,9 +35,9 @@ def mig(codes: Array, factors: Array, num_bins: int = 20) -> float:
     equal-width bins (`mutual_information_matrix`), as Locatello et al. 2019 compute it. Chen et
     al.'s own estimator differs: it uses the whole posterior q(z_j|x), sampling z_j and estimating
     H(z_j) and H(z_j | v_k) with log q(z_j) = log mean_x q(z_j|x) over the full factor grid, so
-    its values are not the same numbers as these (that estimator is not implemented here). A unit
-    that encodes two factors still gets a full gap for each: MIG penalises only a factor spread
-    over several units.
+    its values are not the same numbers as these (that estimator: vaelab.disentanglement.chen).
+    A unit that encodes two factors still gets a full gap for each: MIG penalises only a factor
+    spread over several units.
     """
     codes, factors = codes_and_factors(codes, factors)
     if codes.shape[1] < 2:
