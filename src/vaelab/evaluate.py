@@ -185,7 +185,9 @@ def evaluate_test_split(
     """The metrics `eval` asks for on a split, printed: `evaluate`'s, the disentanglement
     scores (drawn from the factor grid, not the split) and `regularity`'s."""
     results: dict[str, float] = {}
-    if eval_cfg.num_importance_samples > 0:
+    if eval_cfg.num_importance_samples > 0 and not model.has_nll:
+        rank_zero_info(f"no NLL: {type(model).__name__} is measured by its error rate instead")
+    elif eval_cfg.num_importance_samples > 0:
         results |= evaluate_split(model, datamodule, split, eval_cfg)
         print_results(results, f"{split} set")
     if eval_cfg.get("disentanglement_points", 0) > 0:

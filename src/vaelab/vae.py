@@ -79,6 +79,8 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
 
 
 class VAE(LightningModule):
+    has_nll = True  # evaluate.py estimates its log p(x) by importance sampling
+
     def __init__(
         self,
         encoder: Callable[..., nn.Module],

@@ -14,6 +14,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from vaelab.data.base import ImageDataModule, InMemoryImages, split_indices
+from vaelab.data.labels import PartlyLabelled, balanced_subset
 from vaelab.errors import ConfigError, DatasetNotFoundError
 
 FILES_HINT = {
@@ -26,13 +27,37 @@ FILES_HINT = {
 class TorchvisionDataModule(ImageDataModule):
     dataset_class: type[datasets.VisionDataset]
 
-    def __init__(self, root: str, download: bool = True, val_size: int = 10_000, **kwargs) -> None:
+    def __init__(
+        self,
+        root: str,
+        download: bool = True,
+        val_size: int = 10_000,
+        num_labels: int | None = None,
+        labelled_per_batch: int = 100,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if val_size < 0:
             raise ConfigError(f"data.val_size must be >= 0 (0: no validation), got {val_size}")
+        if labelled_per_batch < 1:
+            raise ConfigError(f"data.labelled_per_batch must be >= 1, got {labelled_per_batch}")
         self.root = Path(root)
         self.download = download
         self.val_size = val_size
+        self.num_labels, self.labelled_per_batch = num_labels, labelled_per_batch
+
+    def setup(self, stage: str | None = None) -> None:
+        """The splits; with `num_labels`, the training split keeps that many labels, balanced
+        over classes and chosen by seed from the training images only (vaelab.data.labels)."""
+        if self.datasets:
+            return
+        super().setup(stage)
+        if self.num_labels is not None:
+            train = self.datasets["train"]
+            labelled = balanced_subset(train.labels, self.num_labels, self.seed)
+            self.datasets["train"] = PartlyLabelled(
+                train.images, train.labels, labelled, self.labelled_per_batch
+            )
 
     def read(self, train: bool) -> tuple[Tensor, Tensor]:
         """uint8 images (N, C, H, W) and labels of the official train or test set."""

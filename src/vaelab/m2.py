@@ -1,0 +1,170 @@
+"""M2 (Kingma, Rezende, Mohamed & Welling 2014): semi-supervised learning with a classifier
+q(y|x), a posterior q(z|x,y), a decoder p(x|y,z), p(y) uniform over K classes and p(z) = N(0, I).
+
+Per example, in nats, with one draw z ~ q(z|x,y):
+    L(x, y) = E_q(z|x,y)[log p(x|y,z)] + log p(y) - KL(q(z|x,y) || p(z))     (labelled bound)
+    U(x)    = sum_y q(y|x) L(x, y) + H(q(y|x))                               (unlabelled bound)
+    loss    = mean_u -U(x) + (N_l / N) mean_l [-L(x, y) + alpha N (-log q(y|x))]
+the paper's J^alpha = sum_l (-L + alpha CE) + sum_u (-U) divided by N, the training set's size,
+for batches of unlabelled images drawn from all N and labelled ones from the N_l labels
+(vaelab.data.labels), with alpha = `alpha` N (the paper: 0.1 N). A batch holds both kinds:
+label -1 marks the unlabelled.
+
+Its code for pictures is [z, onehot(y)] (the decoder's input) with y = argmax q(y|x), so
+reconstructions, interpolations and traversals go through the same `code`/`decode`; `sample`
+draws y uniform and z from the prior; `analogies` decodes one z with every class.
+"""
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+
+from vaelab.data.labels import UNLABELLED
+from vaelab.errors import ConfigError
+from vaelab.posteriors.gaussian import gaussian_kl
+from vaelab.vae import STAGES, VAE
+
+M2_TERMS = ("elbo", "elbo_labelled", "classification", "error")
+
+
+class M2(VAE):
+    has_nll = False  # log p(x) = log sum_y p(x, y): not estimated; the error rate is its measure
+
+    def __init__(
+        self,
+        *args: Any,
+        classifier: Any,
+        num_classes: int = 10,
+        alpha: float = 0.1,
+        num_labels: int | None = None,
+        dataset_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        z_dim, encoder = kwargs.pop("latent_dim", 50), kwargs["encoder"]
+        if num_classes < 2:
+            raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
+        super().__init__(*args, latent_dim=z_dim + num_classes, **kwargs)
+        if self.objective != "elbo" or not self.stochastic or self.free_bits > 0:
+            raise ConfigError("model=m2 trains its own bounds: keep model.objective=elbo")
+        self.remember(z_dim=z_dim, num_classes=num_classes, alpha=alpha)
+        self.sizes = {"labels": num_labels, "all": dataset_size}  # None: read from the Trainer
+        posterior = type(self.posterior)
+        self.posterior, self.prior = posterior(z_dim), type(self.prior)(z_dim)
+        pixels = math.prod(self.image_shape)
+        self.encoder = encoder((pixels + num_classes,), self.posterior.num_features)  # [x, y]
+        self.classifier = classifier(self.image_shape, num_classes)
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in M2_TERMS}
+        )
+
+    @property
+    def closed_form_kl(self) -> bool:
+        return False  # the code [z, onehot(y)] is not a Gaussian's mean: no KL per code unit
+
+    def class_codes(self, y: Tensor) -> Tensor:
+        return F.one_hot(y, self.num_classes).to(self.dtype)
+
+    def bound(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """L(x, y) per example and its terms, one draw of z ~ q(z|x,y)."""
+        onehot = self.class_codes(y)
+        q = self.posterior.split(self.encoder(torch.cat([x.flatten(1), onehot], dim=1)))
+        eps = torch.randn_like(q.mean)
+        z, _ = self.posterior.rsample(q, eps[None])
+        decoded = self.decoder(torch.cat([z[0], onehot], dim=1))
+        reconstruction = self.likelihood.log_prob(x, decoded)
+        kl = gaussian_kl(q.mean, q.log_var).sum(-1)
+        log_prior_y = -math.log(self.num_classes)
+        return {
+            "elbo": reconstruction + log_prior_y - kl,
+            "reconstruction": reconstruction,
+            "kl": kl,
+        }
+
+    def unlabelled_bound(self, x: Tensor, logits: Tensor) -> Tensor:
+        """U(x) per example: every class's L(x, y) weighted by q(y|x), plus H(q(y|x))."""
+        classes = torch.arange(self.num_classes, device=x.device).repeat_interleave(len(x))
+        bounds = self.bound(x.repeat(self.num_classes, 1, 1, 1), classes)["elbo"]
+        bounds = bounds.view(self.num_classes, len(x)).T  # (batch, classes)
+        log_q = F.log_softmax(logits, dim=1)
+        return (log_q.exp() * (bounds - log_q)).sum(1)
+
+    def terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per-example L(x, y), U(x), -log q(y|x) and the 0/1 error, for labelled x."""
+        logits = self.classifier(x)
+        return {
+            "elbo": self.unlabelled_bound(x, logits),
+            "elbo_labelled": self.bound(x, y)["elbo"],
+            "classification": F.cross_entropy(logits, y, reduction="none"),
+            "error": (logits.argmax(1) != y).to(x.dtype),
+        }
+
+    def training_sizes(self) -> tuple[int, int]:
+        """(N_l, N): the labels kept and the training set's size."""
+        if self.sizes["labels"] is None or self.sizes["all"] is None:
+            try:
+                dataset = self.trainer.datamodule.datasets["train"]
+                return dataset.num_labels, len(dataset)
+            except (RuntimeError, AttributeError, KeyError):
+                raise ConfigError(
+                    "model=m2 needs labelled data: set data.num_labels=N (e.g. 100)"
+                ) from None
+        return self.sizes["labels"], self.sizes["all"]
+
+    def on_fit_start(self) -> None:
+        """Read N_l and N once (no labels: a one-line error before the first step)."""
+        self.sizes["labels"], self.sizes["all"] = self.training_sizes()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        labelled = y != UNLABELLED
+        num_labels, size = self.training_sizes()
+        logits = self.classifier(x[~labelled])
+        unlabelled = self.unlabelled_bound(x[~labelled], logits).mean()
+        labelled_bound = self.bound(x[labelled], y[labelled])["elbo"].mean()
+        classification = F.cross_entropy(self.classifier(x[labelled]), y[labelled])
+        share = num_labels / size
+        loss = -unlabelled + share * (-labelled_bound + self.alpha * size * classification)
+        if self.logs_this_step():
+            logged = {
+                "train/loss": loss,
+                "train/elbo": unlabelled,
+                "train/elbo_labelled": labelled_bound,
+                "train/classification": classification,
+            }
+            self.log_dict(logged, on_step=True, on_epoch=False, sync_dist=True)
+        return loss
+
+    def _evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        for name, value in self.terms(*batch).items():
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(value)
+            self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "error")
+
+    def code(self, x: Tensor) -> Tensor:
+        """[E q(z|x,y), onehot(y)] at the most likely class y = argmax q(y|x)."""
+        y = self.classifier(x).argmax(1)
+        onehot = self.class_codes(y)
+        q = self.posterior.split(self.encoder(torch.cat([x.flatten(1), onehot], dim=1)))
+        return torch.cat([q.mean, onehot], dim=1)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """E[x|y,z] for y uniform over the classes and z ~ N(0, I)."""
+        z = torch.randn(num_samples, self.z_dim, generator=generator)
+        y = torch.randint(self.num_classes, (num_samples,), generator=generator)
+        codes = torch.cat([z, F.one_hot(y, self.num_classes).float()], dim=1)
+        return self.decode_mean(codes.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def analogies(self, images: Tensor) -> Tensor:
+        """(N * (K + 1), C, H, W): per image, itself, then its z decoded with each class."""
+        codes = self.code(images)
+        z = codes[:, : self.z_dim].repeat_interleave(self.num_classes, dim=0)
+        classes = torch.arange(self.num_classes, device=images.device).repeat(len(images))
+        decoded = self.decode_mean(torch.cat([z, self.class_codes(classes)], dim=1))
+        decoded = decoded.view(len(images), self.num_classes, *images.shape[1:])
+        return torch.cat([images[:, None], decoded], dim=1).flatten(0, 1)

@@ -1,0 +1,151 @@
+"""M2 and its labelled subsets: the bounds by hand, the balanced seeded labels, the mixed batches,
+the error across ranks, the analogy picture's layout and a run on MNIST's file format."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_cfg, write_idx
+from PIL import Image
+from torch.distributions import Bernoulli, Normal, kl_divergence
+from torchmetrics import MeanMetric
+
+from vaelab.components import build
+from vaelab.data.labels import UNLABELLED, PartlyLabelled, balanced_subset
+from vaelab.errors import ConfigError, user_error
+from vaelab.train import train
+
+
+def write_balanced_mnist(root, train: int = 60, test: int = 20) -> None:
+    """MNIST's raw IDX files, random images, every class equally often."""
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", train), ("t10k", test)):
+        write_idx(
+            root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte",
+            rng.integers(0, 256, (count, 28, 28)),
+        )
+        write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10)
+
+
+def m2_overrides(tmp_path, *extra: str) -> list[str]:
+    write_balanced_mnist(tmp_path / "mnist")
+    return [
+        "data=mnist",
+        f"data.root={tmp_path / 'mnist'}",
+        "data.download=false",
+        "data.val_size=10",
+        "data.batch_size=8",
+        "data.eval_batch_size=10",
+        "data.labelled_per_batch=4",
+        "model=m2",
+        "model.latent_dim=4",
+        "model.encoder.hidden_dims=[16]",
+        "model.decoder.hidden_dims=[16]",
+        "model.classifier.hidden_dims=[16]",
+        *extra,
+    ]
+
+
+def test_balanced_subset_is_balanced_seeded_and_checked():
+    labels = torch.arange(100) % 10
+    chosen = balanced_subset(labels, 30, seed=0)
+    assert torch.equal(labels[chosen].bincount(), torch.full((10,), 3))
+    assert torch.equal(chosen, balanced_subset(labels, 30, seed=0))
+    assert not torch.equal(chosen, balanced_subset(labels, 30, seed=1))
+    with pytest.raises(ConfigError, match="multiple of the 10 classes"):
+        balanced_subset(labels, 25, seed=0)
+
+
+def test_batches_put_labelled_images_before_the_unlabelled():
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 1, 2, 2).contiguous()
+    data = PartlyLabelled(images, torch.arange(20) % 10, torch.tensor([3, 7, 11]), per_batch=2)
+    x, y = data.__getitems__([5, 9, 2, 0])
+    # labelled picks: labelled[5 % 3] = 11, labelled[9 % 3] = 3; then the 4 positions, unlabelled
+    assert x[:, 0, 0, 0].tolist() == [11, 3, 5, 9, 2, 0]
+    assert y.tolist() == [1, 3, *[UNLABELLED] * 4]
+
+
+def test_labels_come_from_the_training_split_only(tmp_path):
+    datamodule, _ = build(make_cfg(tmp_path, m2_overrides(tmp_path, "data.num_labels=20")))
+    datamodule.setup()
+    train_set, val = datamodule.datasets["train"], datamodule.datasets["val"]
+    assert train_set.num_labels == 20 and len(train_set) == 50
+    assert torch.equal(train_set.labels[train_set.labelled].bincount(), torch.full((10,), 2))
+    labelled = {bytes(image.numpy()) for image in train_set.images[train_set.labelled]}
+    assert labelled.isdisjoint({bytes(image.numpy()) for image in val.images})
+
+
+def by_hand_bound(model, x: torch.Tensor, y: int, eps: torch.Tensor) -> torch.Tensor:
+    """L(x, y) from torch.distributions, given the draw's noise."""
+    onehot = torch.nn.functional.one_hot(torch.full((len(x),), y), 10).float()
+    mean, log_var = model.encoder(torch.cat([x.flatten(1), onehot], 1)).chunk(2, dim=1)
+    q = Normal(mean, (0.5 * log_var).exp())
+    z = mean + (0.5 * log_var).exp() * eps
+    logits = model.decoder(torch.cat([z, onehot], 1))
+    reconstruction = Bernoulli(logits=logits).log_prob(x).flatten(1).sum(1)
+    kl = kl_divergence(q, Normal(torch.zeros_like(mean), torch.ones_like(mean))).sum(1)
+    return reconstruction - math.log(10) - kl
+
+
+def test_unlabelled_bound_is_the_sum_over_classes(tmp_path):
+    _, model = build(make_cfg(tmp_path, m2_overrides(tmp_path)))
+    x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.3), generator=torch.Generator().manual_seed(0))
+    logits = model.classifier(x)
+    torch.manual_seed(7)
+    bound = model.unlabelled_bound(x, logits)
+    torch.manual_seed(7)
+    eps = torch.randn(10 * 3, 4).view(10, 3, 4)  # the classes' draws, in the order U makes them
+    q = torch.softmax(logits, 1)
+    expected = sum(
+        q[:, y] * (by_hand_bound(model, x, y, eps[y]) - q[:, y].log()) for y in range(10)
+    )
+    torch.testing.assert_close(bound, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_error_counts_every_example_once_across_ranks():
+    ranks = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0])]
+    metrics = [MeanMetric(), MeanMetric()]
+    for metric, errors in zip(metrics, ranks, strict=True):
+        metric.update(errors)
+    metrics[0].merge_state(metrics[1])  # what the all-reduce of its states does
+    assert metrics[0].compute().item() == pytest.approx(4 / 9)
+
+
+def test_analogies_decode_each_images_z_with_every_class(tmp_path):
+    _, model = build(make_cfg(tmp_path, m2_overrides(tmp_path)))
+    x = torch.rand(2, 1, 28, 28)
+    grid = model.analogies(x)
+    assert grid.shape == (2 * 11, 1, 28, 28)
+    torch.testing.assert_close(grid[0], x[0])
+    torch.testing.assert_close(grid[11], x[1])
+    with torch.no_grad():
+        y = model.classifier(x[1:]).argmax(1)
+        onehot = torch.nn.functional.one_hot(y, 10).float()
+        z = model.encoder(torch.cat([x[1:].flatten(1), onehot], 1)).chunk(2, dim=1)[0]
+        seventh = torch.sigmoid(model.decoder(torch.cat([z, torch.eye(10)[7:8]], 1)))
+    torch.testing.assert_close(grid[11 + 1 + 7], seventh[0])
+
+
+def test_trains_on_partly_labelled_mnist(tmp_path):
+    overrides = m2_overrides(
+        tmp_path, "data.num_labels=20", "debug=limit", "eval.num_importance_samples=10"
+    )
+    metrics = train(make_cfg(tmp_path, overrides))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for name in ("val/error", "test/error", "val/elbo", "val/elbo_labelled", "val/classification"):
+        assert name in saved and math.isfinite(saved[name]), name
+    assert 0 <= saved["test/error"] <= 1 and metrics["test/error"] == pytest.approx(
+        saved["test/error"]
+    )
+    assert "test/nll" not in saved  # M2 has no NLL estimate: its measure is the error rate
+    with Image.open(tmp_path / "images" / "analogies.png") as picture:
+        assert picture.size == (2 + 11 * 30, 2 + 10 * 30)  # 10 rows: an image, then 10 classes
+
+
+def test_needs_labels_in_one_line(tmp_path):
+    with pytest.raises(Exception) as raised:
+        train(make_cfg(tmp_path, m2_overrides(tmp_path, "debug=limit")))
+    error = user_error(raised.value)
+    assert isinstance(error, ConfigError) and "data.num_labels" in str(error)
