@@ -29,6 +29,11 @@ def make_cfg(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
         )
 
 
+def mnist_overrides(root: Path, val_size: int = 10) -> list[str]:
+    """data=mnist read from the raw files under root (no download), `val_size` images for val."""
+    return ["data=mnist", f"data.root={root}", "data.download=false", f"data.val_size={val_size}"]
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
     """An IDX file as in the MNIST distribution: magic (dtype 0x08, ndim), sizes, big-endian."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

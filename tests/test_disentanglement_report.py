@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg, write_tiny_mnist
+from helpers import make_cfg, mnist_overrides, write_tiny_mnist
 
 from vaelab.components import build
 from vaelab.data.dsprites import DSpritesDataModule
@@ -174,10 +174,7 @@ def test_training_logs_the_fast_setting_and_tests_the_full_one(tmp_path):
 def test_data_without_factors_fails_before_training_in_one_line(tmp_path):
     write_tiny_mnist(tmp_path / "mnist")
     overrides = [
-        "data=mnist",
-        f"data.root={tmp_path / 'mnist'}",
-        "data.download=false",
-        "data.val_size=10",
+        *mnist_overrides(tmp_path / "mnist"),
         "debug=limit",
         "callbacks.disentanglement.num_points=40",
     ]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg, write_idx
+from helpers import make_cfg, mnist_overrides, write_idx
 from PIL import Image
 from torch.distributions import Bernoulli, Normal, kl_divergence
 from torchmetrics import MeanMetric
@@ -32,10 +32,7 @@ def write_balanced_mnist(root, train: int = 60, test: int = 20) -> None:
 def m2_overrides(tmp_path, *extra: str) -> list[str]:
     write_balanced_mnist(tmp_path / "mnist")
     return [
-        "data=mnist",
-        f"data.root={tmp_path / 'mnist'}",
-        "data.download=false",
-        "data.val_size=10",
+        *mnist_overrides(tmp_path / "mnist"),
         "data.batch_size=8",
         "data.eval_batch_size=10",
         "data.labelled_per_batch=4",

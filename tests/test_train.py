@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg, run_train, write_tiny_mnist
+from helpers import make_cfg, mnist_overrides, run_train, write_tiny_mnist
 from PIL import Image
 from torchvision import datasets
 
@@ -46,13 +46,7 @@ def data_overrides(kind: str, tmp_path: Path, monkeypatch) -> list[str]:
         return TINY_SPRITES
     if kind == "mnist28":
         write_tiny_mnist(tmp_path / "mnist")
-        return [
-            "data=mnist",
-            f"data.root={tmp_path / 'mnist'}",
-            "data.download=false",
-            "data.val_size=10",
-            "data.batch_size=8",
-        ]
+        return [*mnist_overrides(tmp_path / "mnist"), "data.batch_size=8"]
     return tiny_cifar(tmp_path / "cifar", monkeypatch)
 
 
