@@ -45,7 +45,11 @@ from vaelab.callbacks.timing import synchronize
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 10  # the presets' StepTimer warmup_steps
-EXPERIMENTS = {"mlp_mnist": "bench_mlp_mnist", "conv_sprites": "bench_conv_sprites"}
+EXPERIMENTS = {  # workload: (preset, its overrides)
+    "mlp_mnist": ("bench_mlp_mnist", []),
+    "mlp_mnist_b20": ("bench_mlp_mnist", ["data.batch_size=20"]),  # the papers' small batches
+    "conv_sprites": ("bench_conv_sprites", []),
+}
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},
@@ -185,10 +189,13 @@ def compare_loops(make_nets: Callable[[], nn.Module], **loop_args) -> tuple[floa
 
 
 def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
-    experiment = EXPERIMENTS[name]
-    overrides = []
-    if "root" in compose_preset(experiment, []).data:
-        overrides = [f"data.root={Path(args.data_root).resolve()}", "data.download=false"]
+    experiment, overrides = EXPERIMENTS[name]
+    if "root" in compose_preset(experiment, overrides).data:
+        overrides = [
+            *overrides,
+            f"data.root={Path(args.data_root).resolve()}",
+            "data.download=false",
+        ]
     cfg = compose_preset(experiment, overrides)
     steps = args.steps or cfg.trainer.max_steps
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
