@@ -1,6 +1,7 @@
 """M2 and its labelled subsets: the bounds by hand, the balanced seeded labels, the mixed batches,
 the error across ranks, the analogy picture's layout and a run on MNIST's file format."""
 
+import copy
 import json
 import math
 
@@ -10,7 +11,6 @@ import torch
 from helpers import make_cfg, mnist_overrides, write_idx
 from PIL import Image
 from torch.distributions import Bernoulli, Normal, kl_divergence
-from torchmetrics import MeanMetric
 
 from vaelab.components import build
 from vaelab.data.labels import UNLABELLED, PartlyLabelled, balanced_subset
@@ -101,13 +101,41 @@ def test_unlabelled_bound_is_the_sum_over_classes(tmp_path):
     torch.testing.assert_close(bound, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_error_counts_every_example_once_across_ranks():
-    ranks = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0])]
-    metrics = [MeanMetric(), MeanMetric()]
-    for metric, errors in zip(metrics, ranks, strict=True):
-        metric.update(errors)
-    metrics[0].merge_state(metrics[1])  # what the all-reduce of its states does
-    assert metrics[0].compute().item() == pytest.approx(4 / 9)
+def test_training_loss_is_the_papers_objective_over_n(tmp_path):
+    """J^alpha / N = (1/N) [sum_l -L + sum_u -U + 0.1 N mean_l CE] for N_l labels of N images."""
+    _, model = build(make_cfg(tmp_path, m2_overrides(tmp_path, "model.alpha=0.1")))
+    model.sizes = {"labels": 20, "all": 50}
+    generator = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3), generator=generator)
+    y = torch.tensor([3, 8, UNLABELLED, UNLABELLED, UNLABELLED])
+    torch.manual_seed(11)
+    loss = model.training_step((x, y), 0)
+    torch.manual_seed(11)
+    eps_u = torch.randn(10 * 3, 4).view(10, 3, 4)  # U's draws first, then L's
+    eps_l = torch.randn(2, 4)
+    q = torch.softmax(model.classifier(x[2:]), 1)
+    u = sum(q[:, c] * (by_hand_bound(model, x[2:], c, eps_u[c]) - q[:, c].log()) for c in range(10))
+    labelled = torch.stack(
+        [by_hand_bound(model, x[i : i + 1], int(y[i]), eps_l[i : i + 1])[0] for i in range(2)]
+    )
+    cross_entropy = -torch.log_softmax(model.classifier(x[:2]), 1)[torch.arange(2), y[:2]]
+    expected = (20 * -labelled.mean() + 50 * -u.mean() + 0.1 * 50 * cross_entropy.mean()) / 50
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_error_counts_every_example_once_across_ranks(tmp_path):
+    """Two ranks' shards of unequal size, each through the model's validation metric, merged as
+    the all-reduce merges them: the error of the whole set, not the mean of two means."""
+    _, model = build(make_cfg(tmp_path, m2_overrides(tmp_path)))
+    x = torch.rand(9, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(9) % 10
+    whole = model.terms(x, y)["error"].mean()
+    ranks = [copy.deepcopy(model.metrics["val_error"]) for _ in range(2)]
+    for metric, part in zip(ranks, (slice(0, 3), slice(3, 9)), strict=True):
+        metric.update(model.terms(x[part], y[part])["error"])
+    ranks[0].merge_state(ranks[1])
+    assert ranks[0].compute() == pytest.approx(whole.item())
+    assert 0 < whole < 1  # neither all right nor all wrong: the weighting matters
 
 
 def test_analogies_decode_each_images_z_with_every_class(tmp_path):
