@@ -14,14 +14,22 @@ TINY = [
 ]
 
 
+def weights(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 class Trajectory(L.Callback):
-    """The trained weights after every optimizer step."""
+    """The trained weights after every optimizer step, and those the tests after fit ran with."""
 
     def __init__(self) -> None:
         self.steps: list[dict[str, torch.Tensor]] = []
+        self.tested: dict[str, torch.Tensor] = {}
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        self.steps.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+        self.steps.append(weights(pl_module))
+
+    def on_test_batch_start(self, trainer, pl_module, *args) -> None:
+        self.tested = weights(pl_module)
 
 
 def test_checkpoint_holds_the_moving_average_and_resumes_exactly(tmp_path, monkeypatch):
@@ -45,6 +53,10 @@ def test_checkpoint_holds_the_moving_average_and_resumes_exactly(tmp_path, monke
     assert torch.equal(
         last["current_model_state"]["encoder.net.0.weight"], fit_steps[-1]["encoder.net.0.weight"]
     )
+    # the test after fit ran with the best checkpoint's average, as evaluate.py loads it
+    best = torch.load(next((tmp_path / "a" / "checkpoints").glob("epoch*.ckpt")), weights_only=True)
+    for name, value in best["state_dict"].items():
+        assert torch.equal(trajectory.tested[name], value), name
 
     train(make_cfg(tmp_path / "b", [*TINY, "trainer.max_epochs=1"]))
     resumed = [*TINY, f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"]
