@@ -171,12 +171,15 @@ def test_training_logs_the_fast_setting_and_tests_the_full_one(tmp_path):
     assert any("test/mig" in path.read_text() for path in logged)
 
 
-def test_data_without_factors_fails_before_training_in_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "asked", ["callbacks.disentanglement.num_points=40", "eval.disentanglement_points=40"]
+)
+def test_data_without_factors_fails_before_training_in_one_line(tmp_path, asked):
     write_tiny_mnist(tmp_path / "mnist")
     overrides = [
         *mnist_overrides(tmp_path / "mnist"),
         "debug=limit",
-        "callbacks.disentanglement.num_points=40",
+        asked,
     ]
     with pytest.raises(ConfigError, match="no ground-truth factors.*data=sprites") as error:
         train(make_cfg(tmp_path, overrides))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import ROOT, make_cfg
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from vaelab.errors import ConfigError
 from vaelab.nets.locatello import LocatelloDecoder, LocatelloEncoder
@@ -68,3 +69,11 @@ def test_a_short_preset_trains_and_scores(tmp_path):
     assert {"test/nll", "test/mig", "test/factor_vae_score", "test/dci_disentanglement"} <= set(
         saved
     )
+
+
+def test_the_study_runs_on_dsprites_too(tmp_path):
+    """data=dsprites under the study's footing builds (it holds the file in memory whatever
+    data.in_memory says)."""
+    cfg = make_cfg(tmp_path, ["experiment=locatello19_beta_vae", "data=dsprites"])
+    datamodule = instantiate(cfg.data)
+    assert datamodule.in_memory and datamodule.size is None and datamodule.batch_size == 64

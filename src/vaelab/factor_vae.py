@@ -16,6 +16,7 @@ max_steps, schedules and exact resume as for every other model).
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -65,10 +66,9 @@ class FactorVAE(VAE):
         z = draws["z"][0]
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
         tc = density_ratio_tc(functional_call(self.discriminator, frozen, (z,)))
-        codes = z.detach()
-        critic = discriminator_loss(
-            self.discriminator(codes), self.discriminator(permute_dims(codes))
-        )
+        codes = z.detach()  # both halves through the discriminator in one pass
+        logits = self.discriminator(torch.cat([codes, permute_dims(codes)]))
+        critic = discriminator_loss(*logits.chunk(2))
         if self.logs_this_step():
             logged = {"train/tc": tc, "train/discriminator_loss": critic}
             self.log_dict(logged, on_step=True, on_epoch=False, sync_dist=True)

@@ -16,6 +16,7 @@ class DSpritesDataModule(SpritesDataModule):
     """Same factors, order, subset and splits as `data=sprites`, images read from the npz."""
 
     def __init__(self, path: str, **kwargs) -> None:
+        kwargs.pop("in_memory", None)  # the file is read whole: always in memory (3 GB for all)
         super().__init__(in_memory=True, **kwargs)
         self.path = Path(path)
         self.lookup: tuple[np.ndarray, np.ndarray] | None = None  # for images_of: keys, images
