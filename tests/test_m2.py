@@ -174,3 +174,10 @@ def test_needs_labels_in_one_line(tmp_path):
         train(make_cfg(tmp_path, m2_overrides(tmp_path, "debug=limit")))
     error = user_error(raised.value)
     assert isinstance(error, ConfigError) and "data.num_labels" in str(error)
+
+
+def test_labels_for_a_model_that_cannot_use_them_are_refused(tmp_path):
+    write_balanced_mnist(tmp_path / "mnist")
+    overrides = [*mnist_overrides(tmp_path / "mnist"), "data.num_labels=20", "debug=limit"]
+    with pytest.raises(ConfigError, match="model=m2"):
+        train(make_cfg(tmp_path, overrides))

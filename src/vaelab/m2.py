@@ -34,6 +34,7 @@ M2_TERMS = ("elbo", "elbo_labelled", "classification", "error")
 
 class M2(VAE):
     has_nll = False  # log p(x) = log sum_y p(x, y): not estimated; the error rate is its measure
+    semi_supervised = True
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
 from vaelab.components import build
 from vaelab.config import print_config_summary, print_config_tree, save_config, write_metrics
 from vaelab.disentanglement.report import check_factors
-from vaelab.errors import VaelabError, user_error
+from vaelab.errors import ConfigError, VaelabError, user_error
 from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
 from vaelab.preflight import check_devices
@@ -44,6 +44,11 @@ def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, 
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
     datamodule.setup()  # a missing dataset fails here, before W&B starts
+    if getattr(datamodule, "num_labels", None) is not None and not model.semi_supervised:
+        raise ConfigError(
+            "data.num_labels makes partly labelled batches for a semi-supervised model "
+            "(model=m2): set data.num_labels=null"
+        )
     if cfg.eval.get("disentanglement_points", 0) > 0 and cfg.test:
         check_factors(datamodule)  # not after training and the NLL
     return datamodule, model, ckpt_path

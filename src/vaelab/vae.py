@@ -80,6 +80,7 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
 
 class VAE(LightningModule):
     has_nll = True  # evaluate.py estimates its log p(x) by importance sampling
+    semi_supervised = False  # trains on partly labelled batches (data.num_labels)
 
     def __init__(
         self,
