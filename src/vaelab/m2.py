@@ -26,7 +26,7 @@ from torchmetrics import MeanMetric
 
 from vaelab.data.labels import UNLABELLED
 from vaelab.errors import ConfigError
-from vaelab.posteriors.gaussian import gaussian_kl
+from vaelab.posteriors.gaussian import Encoded, gaussian_kl
 from vaelab.vae import STAGES, VAE
 
 M2_TERMS = ("elbo", "elbo_labelled", "classification", "error")
@@ -70,10 +70,14 @@ class M2(VAE):
     def class_codes(self, y: Tensor) -> Tensor:
         return F.one_hot(y, self.num_classes).to(self.dtype)
 
+    def posterior_given(self, x: Tensor, onehot: Tensor) -> Encoded:
+        """q(z|x,y)'s mean and log-variance, y one-hot."""
+        return self.posterior.split(self.encoder(torch.cat([x.flatten(1), onehot], dim=1)))
+
     def bound(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """L(x, y) per example and its terms, one draw of z ~ q(z|x,y)."""
         onehot = self.class_codes(y)
-        q = self.posterior.split(self.encoder(torch.cat([x.flatten(1), onehot], dim=1)))
+        q = self.posterior_given(x, onehot)
         eps = torch.randn_like(q.mean)
         z, _ = self.posterior.rsample(q, eps[None])
         decoded = self.decoder(torch.cat([z[0], onehot], dim=1))
@@ -149,8 +153,7 @@ class M2(VAE):
         """[E q(z|x,y), onehot(y)] at the most likely class y = argmax q(y|x)."""
         y = self.classifier(x).argmax(1)
         onehot = self.class_codes(y)
-        q = self.posterior.split(self.encoder(torch.cat([x.flatten(1), onehot], dim=1)))
-        return torch.cat([q.mean, onehot], dim=1)
+        return torch.cat([self.posterior_given(x, onehot).mean, onehot], dim=1)
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
@@ -159,6 +162,10 @@ class M2(VAE):
         y = torch.randint(self.num_classes, (num_samples,), generator=generator)
         codes = torch.cat([z, F.one_hot(y, self.num_classes).float()], dim=1)
         return self.decode_mean(codes.to(self.device, self.dtype))
+
+    def extra_pictures(self, images: Tensor) -> dict[str, tuple[Tensor, int]]:
+        """analogies.png: ten images, each beside its z decoded with every class."""
+        return {"analogies": (self.analogies(images[:10]), self.num_classes + 1)}
 
     @torch.no_grad()
     def analogies(self, images: Tensor) -> Tensor:

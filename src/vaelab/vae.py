@@ -274,6 +274,11 @@ class VAE(LightningModule):
         each updated with `draw`'s output (VQ-VAE: the codebook perplexity)."""
         return {}
 
+    def extra_pictures(self, images: Tensor) -> dict[str, tuple[Tensor, int]]:
+        """Pictures of this model beyond every model's, from a split's first images: name ->
+        (images, row length), for the image callback to tile (M2: its analogies)."""
+        return {}
+
     def posterior_mean(self, q: Encoded) -> Tensor | None:
         """E_q[z] (batch, num_units) where it has a closed form; None: estimate it from draws."""
         return self.posterior.mean(q)

@@ -196,9 +196,8 @@ class LatentImages(Callback):
             "interpolations": tile(interpolations(model, images[:16], self.steps), self.steps),
             "traversals": tile(traversals(model, images[0], self.steps), self.steps),
         }
-        if hasattr(model, "analogies"):  # M2: each image's z decoded with every class
-            columns = model.num_classes + 1
-            pictures["analogies"] = tile(model.analogies(images[:10]), columns)
+        for name, (grid, row_length) in model.extra_pictures(images).items():
+            pictures[name] = tile(grid, row_length)
         if model.stochastic and model.latent_dim == 2 and model.prior.standard:
             pictures["manifold"] = manifold(model, self.manifold_grid)
         if model.latent_dim > 1 and self.num_scatter > 0:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from vaelab.disentanglement.arrays import Array, as_numpy
+from vaelab.disentanglement.information import mig_from_information
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -54,18 +55,5 @@ def chen_mutual_information(
 
 def mig_chen(samples: Array, mean: Array, log_var: Array, factors: Array) -> float:
     """MIG (Chen et al. 2018) with their estimator of I(z_j; v_k) (module docstring)."""
-    factors = as_numpy(factors)
     information = chen_mutual_information(samples, mean, log_var, factors)
-    if information.shape[0] < 2:
-        raise ValueError("MIG needs at least two code units")
-    entropy = np.array([_entropy(factor) for factor in factors.T])
-    if np.any(entropy == 0):
-        raise ValueError("MIG is undefined for a constant factor (zero entropy)")
-    top = np.sort(information, axis=0)[::-1]
-    return float(np.mean((top[0] - top[1]) / entropy))
-
-
-def _entropy(classes: np.ndarray) -> float:
-    """The empirical entropy of a factor's classes, in nats."""
-    p = np.unique(classes, return_counts=True)[1] / len(classes)
-    return float(-(p * np.log(p)).sum())
+    return mig_from_information(information, factors)

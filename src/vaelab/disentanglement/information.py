@@ -40,10 +40,15 @@ def mig(codes: Array, factors: Array, num_bins: int = 20) -> float:
     spread over several units.
     """
     codes, factors = codes_and_factors(codes, factors)
-    if codes.shape[1] < 2:
+    return mig_from_information(mutual_information_matrix(codes, factors, num_bins), factors)
+
+
+def mig_from_information(information: np.ndarray, factors: Array) -> float:
+    """mean_k (I_top - I_second) / H(v_k) for an (L, K) mutual-information matrix, H(v_k) the
+    factors' empirical entropies: the gap both MIG estimators share."""
+    if information.shape[0] < 2:
         raise ValueError("MIG needs at least two code units")
-    information = mutual_information_matrix(codes, factors, num_bins)
-    entropy = np.array([mutual_info_score(factor, factor) for factor in factors.T])  # H(v_k)
+    entropy = np.array([mutual_info_score(factor, factor) for factor in as_numpy(factors).T])
     if np.any(entropy == 0):
         raise ValueError("MIG is undefined for a constant factor (zero entropy)")
     top = np.sort(information, axis=0)[::-1]
