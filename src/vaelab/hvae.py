@@ -5,7 +5,8 @@
 q(z1|x), q(z2|z1) and p(z1|z2) are diagonal Gaussians whose mean and log-variance come from
 an MLP of their parent. A draw z = [z1, z2] is made of noise eps = [eps1, eps2], so the VAE's
 training step, objectives (elbo, iwae) and the importance-weighted evaluation apply unchanged;
-the KL has no closed form and is estimated from the draws, unit by unit. Pictures live in the
+the KL has no closed form and is estimated from the draws, unit by unit, with the parts that do
+have one taken exactly (see `weigh`). Pictures live in the
 top layer: latent_dim is z2's size, a code is E[z2 | z1 = E[z1|x]], and a z2 decodes through
 z1 = E[z1|z2].
 """
@@ -20,8 +21,10 @@ from vaelab.errors import ConfigError
 from vaelab.likelihoods import Likelihood
 from vaelab.nets.mlp import MLPDecoder
 from vaelab.posteriors.gaussian import (
+    LOG_2PI,
     Encoded,
     GaussianPosterior,
+    gaussian_kl,
     normal_log_prob,
     reparameterize,
 )
@@ -119,31 +122,38 @@ class HVAE2(VAE):
         return self.decoder(self.prior_1_of(z).mean)
 
     def weigh(self, x: Tensor, q: Encoded, eps: Tensor) -> dict[str, Tensor]:
-        """VAE.weigh for z = [z1, z2] from q(z1|x) = q and q(z2|z1); `log_ratio_per_unit` holds
-        log q - log p of each unit given its parents, (samples, batch, num_units)."""
+        """VAE.weigh for z = [z1, z2] from q(z1|x) = q and q(z2|z1); `kl_per_unit` (samples,
+        batch, num_units) holds each draw's estimate of the KL of each unit given its parents.
+
+        The estimate takes in closed form what has one: for z1, -H[q(z1|x)] - log p(z1|z2),
+        and for z2, KL(q(z2|z1) || N(0, I)). Its mean over q is the KL, as that of
+        log q(z|x) - log p(z) is, with less variance; log q and log p (the IWAE weights and the
+        evaluation's) stay those of the draw.
+        """
         eps_1, eps_2 = eps.split([self.latent_dim_1, self.latent_dim], dim=-1)
         z1 = reparameterize(q.mean, q.log_var, eps_1)
         q2 = self.posterior_2_of(z1)
         z2 = reparameterize(q2.mean, q2.log_var, eps_2)
+        log_p1 = gaussian_log_prob(z1, self.prior_1_of(z2))
         log_q = torch.cat(
             [normal_log_prob(eps_1, q.log_var), normal_log_prob(eps_2, q2.log_var)], -1
         )
-        log_p = torch.cat(
-            [gaussian_log_prob(z1, self.prior_1_of(z2)), normal_log_prob(z2, torch.zeros_like(z2))],
-            dim=-1,
-        )
+        log_p = torch.cat([log_p1, normal_log_prob(z2, torch.zeros_like(z2))], dim=-1)
+        negative_entropy_1 = -0.5 * (q.log_var + LOG_2PI + 1.0)
         return {
             "z": torch.cat([z1, z2], dim=-1),
             "log_likelihood": self.likelihood.log_prob(x, self.decoder(z1)),
             "log_prior": log_p.sum(-1),
             "log_posterior": log_q.sum(-1),
-            "log_ratio_per_unit": log_q - log_p,
+            "kl_per_unit": torch.cat(
+                [negative_entropy_1 - log_p1, gaussian_kl(q2.mean, q2.log_var)], dim=-1
+            ),
         }
 
     def kl_terms(self, q: Encoded, weighed: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """mean_s log q(z_s|x) - log p(z_s) per example, and its share of each unit of z1, z2."""
-        kl = (weighed["log_posterior"] - weighed["log_prior"]).mean(0)
-        return kl, weighed["log_ratio_per_unit"].mean(0)
+        """The KL per example and per unit of z1, z2: `weigh`'s estimate averaged over draws."""
+        kl_per_unit = weighed["kl_per_unit"].mean(0)
+        return kl_per_unit.sum(-1), kl_per_unit
 
     def posterior_mean(self, q: Encoded) -> None:
         """E_q[z2] has no closed form: evaluation averages the draws."""
