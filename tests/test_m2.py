@@ -181,3 +181,71 @@ def test_labels_for_a_model_that_cannot_use_them_are_refused(tmp_path):
     overrides = [*mnist_overrides(tmp_path / "mnist"), "data.num_labels=20", "debug=limit"]
     with pytest.raises(ConfigError, match="model=m2"):
         train(make_cfg(tmp_path, overrides))
+
+
+def train_m1(tmp_path) -> str:
+    """A tiny plain VAE (M1) trained on the balanced MNIST files; its run folder."""
+    run = tmp_path / "m1"
+    write_balanced_mnist(tmp_path / "mnist")
+    overrides = [
+        *mnist_overrides(tmp_path / "mnist"),
+        "data.batch_size=8",
+        "model.latent_dim=3",
+        "model.encoder.hidden_dims=[16]",
+        "model.decoder.hidden_dims=[16]",
+        "debug=limit",
+        "test=false",
+    ]
+    train(make_cfg(run, overrides))
+    return str(run)
+
+
+def m1m2_overrides(tmp_path, m1: str, *extra: str) -> list[str]:
+    return m2_overrides(tmp_path, "model=m1m2", f"model.features_ckpt={m1}", *extra)
+
+
+def test_m1m2_models_m1s_codes_and_leaves_m1_as_trained(tmp_path):
+    m1_run = train_m1(tmp_path)
+    _, model = build(make_cfg(tmp_path, m1m2_overrides(tmp_path, m1_run)))
+    saved = torch.load(f"{m1_run}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    for name, tensor in saved.items():  # M1 is the saved run's model, frozen
+        torch.testing.assert_close(model.m1.state_dict()[name], tensor)
+    assert not any(p.requires_grad for p in model.m1.parameters())
+    grouped = {id(p) for group in model.parameter_groups() for p in group["params"]}
+    assert grouped.isdisjoint(id(p) for p in model.m1.parameters())
+    assert grouped == {id(p) for n, p in model.named_parameters() if not n.startswith("m1.")}
+    x = torch.rand(5, 1, 28, 28)
+    means = model.m1.encode(x).mean
+    model.eval()
+    torch.testing.assert_close(model.inputs(x), means[:, None, None, :])  # E[z1|x]
+    model.train()
+    draws = torch.stack([model.inputs(x) for _ in range(2000)])[:, :, 0, 0]
+    std = (0.5 * model.m1.encode(x).log_var).exp()
+    torch.testing.assert_close(draws.mean(0), means, atol=float(4 * std.max() / 40), rtol=0)
+    torch.testing.assert_close(draws.std(0), std, atol=0.1 * float(std.max()), rtol=0.1)
+    # M2's p(z1|y,z2) is a Gaussian on the 1 x 1 x 3 code; pictures decode through M1
+    codes = torch.cat([torch.zeros(1, 4), torch.eye(10)[2:3]], 1)
+    with torch.no_grad():
+        z1 = model.decoder(codes)[:, 0, 0, :]
+        torch.testing.assert_close(model.decode_mean(codes), model.m1.decode_mean(z1))
+    assert model.analogies(x[:2]).shape == (22, 1, 28, 28)
+
+
+def test_m1m2_trains_and_needs_a_plain_vae(tmp_path):
+    m1_run = train_m1(tmp_path)
+    _, model = build(make_cfg(tmp_path, m1m2_overrides(tmp_path, m1_run)))
+    before = {name: tensor.clone() for name, tensor in model.m1.state_dict().items()}
+    overrides = m1m2_overrides(tmp_path, m1_run, "data.num_labels=20", "debug=limit")
+    metrics = train(make_cfg(tmp_path, overrides))
+    assert 0 <= metrics["test/error"] <= 1
+    trained = torch.load(next((tmp_path / "checkpoints").glob("last.ckpt")), weights_only=True)
+    for name, tensor in before.items():
+        torch.testing.assert_close(trained["state_dict"][f"m1.{name}"], tensor)
+    for folder, extra, message in (
+        (tmp_path / "none", [], "set model.features_ckpt"),
+        (tmp_path / "again", [f"model.features_ckpt={tmp_path}"], "not M1"),  # an M1+M2 run
+    ):
+        with pytest.raises(Exception) as raised:
+            build(make_cfg(folder, m2_overrides(tmp_path, "model=m1m2", *extra)))
+        error = user_error(raised.value)
+        assert isinstance(error, ConfigError) and message in str(error), error

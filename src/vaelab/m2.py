@@ -93,13 +93,19 @@ class M2(VAE):
     def unlabelled_bound(self, x: Tensor, logits: Tensor) -> Tensor:
         """U(x) per example: every class's L(x, y) weighted by q(y|x), plus H(q(y|x))."""
         classes = torch.arange(self.num_classes, device=x.device).repeat_interleave(len(x))
-        bounds = self.bound(x.repeat(self.num_classes, 1, 1, 1), classes)["elbo"]
+        bounds = self.bound(x.repeat(self.num_classes, *[1] * (x.dim() - 1)), classes)["elbo"]
         bounds = bounds.view(self.num_classes, len(x)).T  # (batch, classes)
         log_q = F.log_softmax(logits, dim=1)
         return (log_q.exp() * (bounds - log_q)).sum(1)
 
-    def terms(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """Per-example L(x, y), U(x), -log q(y|x) and the 0/1 error, for labelled x."""
+    def inputs(self, images: Tensor) -> Tensor:
+        """What the classifier, q(z|x,y) and p(x|y,z) model: the images themselves (M1+M2:
+        their codes)."""
+        return images
+
+    def terms(self, images: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Per-example L(x, y), U(x), -log q(y|x) and the 0/1 error, for labelled images."""
+        x = self.inputs(images)
         logits = self.classifier(x)
         return {
             "elbo": self.unlabelled_bound(x, logits),
@@ -125,7 +131,7 @@ class M2(VAE):
         self.sizes["labels"], self.sizes["all"] = self.training_sizes()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+        x, y = self.inputs(batch[0]), batch[1]
         labelled = y != UNLABELLED
         num_labels, size = self.training_sizes()
         logits = self.classifier(x[~labelled])
@@ -149,8 +155,9 @@ class M2(VAE):
             metric.update(value)
             self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "error")
 
-    def code(self, x: Tensor) -> Tensor:
+    def code(self, images: Tensor) -> Tensor:
         """[E q(z|x,y), onehot(y)] at the most likely class y = argmax q(y|x)."""
+        x = self.inputs(images)
         y = self.classifier(x).argmax(1)
         onehot = self.class_codes(y)
         return torch.cat([self.posterior_given(x, onehot).mean, onehot], dim=1)

@@ -47,7 +47,7 @@ def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, 
     if getattr(datamodule, "num_labels", None) is not None and not model.semi_supervised:
         raise ConfigError(
             "data.num_labels makes partly labelled batches for a semi-supervised model "
-            "(model=m2): set data.num_labels=null"
+            "(model=m2 or m1m2): set data.num_labels=null"
         )
     if cfg.eval.get("disentanglement_points", 0) > 0 and cfg.test:
         check_factors(datamodule)  # not after training and the NLL
