@@ -17,7 +17,6 @@ reconstructions, interpolations and traversals go through the same `code`/`decod
 draws y uniform and z from the prior; `analogies` decodes one z with every class.
 """
 
-import math
 from typing import Any
 
 import torch
@@ -25,15 +24,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
+from vaelab.conditional import ClassConditional
 from vaelab.data.labels import UNLABELLED
 from vaelab.errors import ConfigError
-from vaelab.posteriors.gaussian import Encoded, gaussian_kl
-from vaelab.vae import STAGES, VAE
+from vaelab.vae import STAGES
 
 M2_TERMS = ("elbo", "elbo_labelled", "classification", "error")
 
 
-class M2(VAE):
+class M2(ClassConditional):
     has_nll = False  # log p(x) = log sum_y p(x, y): not estimated; the error rate is its measure
     semi_supervised = True
 
@@ -41,68 +40,26 @@ class M2(VAE):
         self,
         *args: Any,
         classifier: Any,
-        num_classes: int = 10,
         alpha: float = 0.1,
         labelled_weight: float | None = None,
         num_labels: int | None = None,
         dataset_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        z_dim, encoder = kwargs.pop("latent_dim", 50), kwargs["encoder"]
-        if num_classes < 2:
-            raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
-        super().__init__(*args, latent_dim=z_dim + num_classes, **kwargs)
-        if self.objective != "elbo" or not self.stochastic or self.free_bits > 0:
-            raise ConfigError("model=m2 trains its own bounds: keep model.objective=elbo")
+        super().__init__(*args, **kwargs)
         if labelled_weight is not None and labelled_weight < 0:
             raise ConfigError(f"model.labelled_weight must be >= 0 or null, got {labelled_weight}")
-        self.remember(
-            z_dim=z_dim, num_classes=num_classes, alpha=alpha, labelled_weight=labelled_weight
-        )
+        self.remember(alpha=alpha, labelled_weight=labelled_weight)
         self.sizes = {"labels": num_labels, "all": dataset_size}  # None: read from the Trainer
-        posterior = type(self.posterior)
-        self.posterior, self.prior = posterior(z_dim), type(self.prior)(z_dim)
-        pixels = math.prod(self.image_shape)
-        self.encoder = encoder((pixels + num_classes,), self.posterior.num_features)  # [x, y]
-        self.classifier = classifier(self.image_shape, num_classes)
+        self.classifier = classifier(self.image_shape, self.num_classes)
         self.metrics = nn.ModuleDict(
             {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in M2_TERMS}
         )
 
-    @property
-    def closed_form_kl(self) -> bool:
-        return False  # the code [z, onehot(y)] is not a Gaussian's mean: no KL per code unit
-
-    def class_codes(self, y: Tensor) -> Tensor:
-        return F.one_hot(y, self.num_classes).to(self.dtype)
-
-    def posterior_given(self, x: Tensor, onehot: Tensor) -> Encoded:
-        """q(z|x,y)'s mean and log-variance, y one-hot."""
-        return self.posterior.split(self.encoder(torch.cat([x.flatten(1), onehot], dim=1)))
-
-    def bound(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """L(x, y) per example and its terms, one draw of z ~ q(z|x,y)."""
-        onehot = self.class_codes(y)
-        q = self.posterior_given(x, onehot)
-        eps = torch.randn_like(q.mean)
-        z, _ = self.posterior.rsample(q, eps[None])
-        decoded = self.decoder(torch.cat([z[0], onehot], dim=1))
-        reconstruction = self.likelihood.log_prob(x, decoded)
-        kl = gaussian_kl(q.mean, q.log_var).sum(-1)
-        log_prior_y = -math.log(self.num_classes)
-        return {
-            "elbo": reconstruction + log_prior_y - kl,
-            "reconstruction": reconstruction,
-            "kl": kl,
-        }
-
     def unlabelled_bound(self, x: Tensor, logits: Tensor) -> Tensor:
         """U(x) per example: every class's L(x, y) weighted by q(y|x), plus H(q(y|x))."""
-        classes = torch.arange(self.num_classes, device=x.device).repeat_interleave(len(x))
-        bounds = self.bound(x.repeat(self.num_classes, *[1] * (x.dim() - 1)), classes)["elbo"]
-        bounds = bounds.view(self.num_classes, len(x)).T  # (batch, classes)
         log_q = F.log_softmax(logits, dim=1)
-        return (log_q.exp() * (bounds - log_q)).sum(1)
+        return (log_q.exp() * (self.class_bounds(x) - log_q)).sum(1)
 
     def inputs(self, images: Tensor) -> Tensor:
         """What the classifier, q(z|x,y) and p(x|y,z) model: the images themselves (M1+M2:
@@ -168,25 +125,3 @@ class M2(VAE):
         y = self.classifier(x).argmax(1)
         onehot = self.class_codes(y)
         return torch.cat([self.posterior_given(x, onehot).mean, onehot], dim=1)
-
-    @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """E[x|y,z] for y uniform over the classes and z ~ N(0, I)."""
-        z = torch.randn(num_samples, self.z_dim, generator=generator)
-        y = torch.randint(self.num_classes, (num_samples,), generator=generator)
-        codes = torch.cat([z, F.one_hot(y, self.num_classes).float()], dim=1)
-        return self.decode_mean(codes.to(self.device, self.dtype))
-
-    def extra_pictures(self, images: Tensor) -> dict[str, tuple[Tensor, int]]:
-        """analogies.png: ten images, each beside its z decoded with every class."""
-        return {"analogies": (self.analogies(images[:10]), self.num_classes + 1)}
-
-    @torch.no_grad()
-    def analogies(self, images: Tensor) -> Tensor:
-        """(N * (K + 1), C, H, W): per image, itself, then its z decoded with each class."""
-        codes = self.code(images)
-        z = codes[:, : self.z_dim].repeat_interleave(self.num_classes, dim=0)
-        classes = torch.arange(self.num_classes, device=images.device).repeat(len(images))
-        decoded = self.decode_mean(torch.cat([z, self.class_codes(classes)], dim=1))
-        decoded = decoded.view(len(images), self.num_classes, *images.shape[1:])
-        return torch.cat([images[:, None], decoded], dim=1).flatten(0, 1)
