@@ -28,6 +28,11 @@ class ClassConditional(VAE):
                 f"model={type(self).__name__.lower()} trains its own bounds: keep "
                 "model.objective=elbo and model.free_bits=0"
             )
+        if not (self.posterior.gaussian and self.prior.standard):
+            raise ConfigError(
+                f"model={type(self).__name__.lower()} needs model/posterior=gaussian and "
+                "model/prior=normal (its bounds take the KL in closed form)"
+            )
         self.remember(z_dim=z_dim, num_classes=num_classes)
         posterior = type(self.posterior)
         self.posterior, self.prior = posterior(z_dim), type(self.prior)(z_dim)

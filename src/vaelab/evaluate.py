@@ -78,7 +78,7 @@ def evaluate(
     extras = {name: metric.to(device) for name, metric in model.extra_metrics().items()}
     for batch in dataloader:
         batch = move_data_to_device(batch, device)
-        x = (prepare_batch(batch) if prepare_batch else batch)[0]
+        x = model.observed(prepare_batch(batch) if prepare_batch else batch)
         if not model.stochastic:
             draws = model.draw(x)
             activity.update(draws["code"])

@@ -249,6 +249,11 @@ class VAE(LightningModule):
         """E[x|z] at the code of x."""
         return self.decode_mean(self.code(x))
 
+    def observed(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """What `encode`, `weigh` and `draw` take as x from a batch (images, labels): the images
+        (the CVAE: images and labels together)."""
+        return batch[0]
+
     def weigh(self, x: Tensor, q: Encoded, eps: Tensor) -> dict[str, Tensor]:
         """For draws z_s from q(z|x) made of noise eps (samples, batch, noise_dim): `z`,
         `log_likelihood` log p(x|z_s), `log_prior` log p(z_s) and `log_posterior` log q(z_s|x),
@@ -392,7 +397,7 @@ class VAE(LightningModule):
 
     # Lightning hooks.
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        draws = self.draw(batch[0])
+        draws = self.draw(self.observed(batch))
         kl_weight = self.kl_weight_at(self.global_step)
         loss = self.training_loss(draws, kl_weight)
         if not self.logs_this_step():
@@ -421,7 +426,7 @@ class VAE(LightningModule):
         return terms
 
     def _evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        for name, value in self.evaluation_terms(self.draw(batch[0])).items():
+        for name, value in self.evaluation_terms(self.draw(self.observed(batch))).items():
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(value)
             self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "elbo")
