@@ -159,6 +159,30 @@ def test_plot_against_a_categorical_parameter(tmp_path):
         assert image.size == (450, 350)
 
 
+def test_plot_against_each_models_own_hyperparameter(tmp_path):
+    """The Locatello et al. plot: one line per model, each against its own hyperparameter."""
+    results = [
+        ("beta_vae", "model.kl_weight", "1", 0.10),
+        ("beta_vae", "model.kl_weight", "4", 0.20),
+        ("beta_vae", "model.kl_weight", "4", 0.30),
+        ("factor_vae", "model.gamma", "10", 0.05),
+        ("factor_vae", "model.gamma", "40", 0.25),
+        ("vae", "seed", "0", 0.08),  # no hyperparameter of the list: left out
+    ]
+    runs = [
+        Run(str(i), {"experiment": e, name: value}, {"test/mig": mig})
+        for i, (e, name, value, mig) in enumerate(results)
+    ]
+    lines = series(runs, "test/mig", ["model.kl_weight", "model.gamma"], hue="experiment")
+    assert lines == {
+        "experiment=beta_vae": [("1", 0.10), ("4", pytest.approx(0.25))],
+        "experiment=factor_vae": [("10", 0.05), ("40", 0.25)],
+    }
+    save_plot({"test/mig": lines}, "model.kl_weight / model.gamma", tmp_path / "study.png")
+    with Image.open(tmp_path / "study.png") as image:
+        assert image.size == (450, 350)
+
+
 def test_cli_prints_one_row_per_run_and_writes_files(sweep, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "200")
     code = main(

@@ -3,6 +3,7 @@
 vaelab-compare outputs/multirun/2026-11-28/03-24-31                  # a rich table
 vaelab-compare SWEEP --metrics val/elbo val/kl --csv runs.csv --markdown runs.md
 vaelab-compare SWEEP --plot val/elbo val/kl --x model.latent_dim --hue model.kl_weight --out a.png
+vaelab-compare SWEEPS --plot test/mig --x model.gamma model.tc_weight --hue experiment --out b.png
 vaelab-compare --wandb ENTITY/PROJECT --group multirun/2026-11-28/03-24-31   # from W&B
 """
 
@@ -184,15 +185,21 @@ def markdown(table: Table, digits: int = 2) -> str:
     )
 
 
-def series(runs: Sequence[Run], metric: str, x: str, hue: str | None = None) -> Lines:
-    """Per hue value, the (x, mean metric) points of the finished runs, sorted by x."""
+def series(
+    runs: Sequence[Run], metric: str, x: str | Sequence[str], hue: str | None = None
+) -> Lines:
+    """Per hue value, the (x, mean metric) points of the finished runs, sorted by x. With
+    several x parameters, each run's x is the first of them it has (each model's own
+    hyperparameter, one line per model)."""
+    names = [x] if isinstance(x, str) else list(x)
     groups: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         value = run.metrics.get(metric)
-        if run.status != "ok" or x not in run.params or value is None or not math.isfinite(value):
+        name = next((name for name in names if name in run.params), None)
+        if run.status != "ok" or name is None or value is None or not math.isfinite(value):
             continue
         label = f"{hue}={run.params.get(hue, '')}" if hue else metric
-        groups.setdefault(label, {}).setdefault(run.params[x], []).append(value)
+        groups.setdefault(label, {}).setdefault(run.params[name], []).append(value)
     return {
         label: [(x_value, sum(ys) / len(ys)) for x_value, ys in sorted_items(points)]
         for label, points in sorted_items(groups)
@@ -242,7 +249,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--plot", nargs="+", metavar="METRIC", help="plot metrics (mean over repeats) against --x"
     )
-    parser.add_argument("--x", metavar="PARAM", help="the swept parameter on the x axis")
+    parser.add_argument(
+        "--x",
+        nargs="+",
+        metavar="PARAM",
+        help="the swept parameter on the x axis (several: each run's first one it has)",
+    )
     parser.add_argument("--hue", metavar="PARAM", help="one line per value of this parameter")
     parser.add_argument("--out", type=Path, help="the plot's PNG file")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
@@ -277,9 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         panels = {metric: series(runs, metric, args.x, args.hue) for metric in args.plot}
         if not all(panels.values()):
-            console.print(f"nothing to plot: no finished run has {args.x} and all of {args.plot}")
+            wanted = " or ".join(args.x)
+            console.print(f"nothing to plot: no finished run has {wanted} and all of {args.plot}")
             return 1
-        save_plot(panels, args.x, args.out)
+        save_plot(panels, " / ".join(args.x), args.out)
         console.print(f"plot: {args.out}")
     return 0
 
