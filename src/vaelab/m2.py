@@ -4,13 +4,12 @@ q(y|x), a posterior q(z|x,y), a decoder p(x|y,z), p(y) uniform over K classes an
 Per example, in nats, with one draw z ~ q(z|x,y):
     L(x, y) = E_q(z|x,y)[log p(x|y,z)] + log p(y) - KL(q(z|x,y) || p(z))     (labelled bound)
     U(x)    = sum_y q(y|x) L(x, y) + H(q(y|x))                               (unlabelled bound)
-    loss    = mean_u -U(x) + w mean_l -L(x, y) + alpha mean_l -log q(y|x),   w = N_l / N
+    loss    = mean_u -U(x) + (N_l / N) mean_l -L(x, y) + alpha mean_l -log q(y|x)
 the paper's J^alpha = sum_l -L + sum_u -U + alpha' E_l[-log q(y|x)], alpha' = alpha N (the
 paper: alpha = 0.1), divided by N, the training set's size, for batches of unlabelled images
 drawn from all N and labelled ones from the N_l labels (vaelab.data.labels); E_l is a mean over
 the labelled examples (Kingma's code: beta = alpha n_tot / n_labeled per labelled example). A
-batch holds both kinds: label -1 marks the unlabelled. `labelled_weight` sets w instead (1: a
-labelled example's bound weighs as much as an unlabelled one's in each batch).
+batch holds both kinds: label -1 marks the unlabelled.
 
 Its code for pictures is [z, onehot(y)] (the decoder's input) with y = argmax q(y|x), so
 reconstructions, interpolations and traversals go through the same `code`/`decode`; `sample`
@@ -41,15 +40,12 @@ class M2(ClassConditional):
         *args: Any,
         classifier: Any,
         alpha: float = 0.1,
-        labelled_weight: float | None = None,
         num_labels: int | None = None,
         dataset_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if labelled_weight is not None and labelled_weight < 0:
-            raise ConfigError(f"model.labelled_weight must be >= 0 or null, got {labelled_weight}")
-        self.remember(alpha=alpha, labelled_weight=labelled_weight)
+        self.remember(alpha=alpha)
         self.sizes = {"labels": num_labels, "all": dataset_size}  # None: read from the Trainer
         self.classifier = classifier(self.image_shape, self.num_classes)
         self.metrics = nn.ModuleDict(
@@ -101,8 +97,7 @@ class M2(ClassConditional):
         unlabelled = self.unlabelled_bound(x[~labelled], logits).mean()
         labelled_bound = self.bound(x[labelled], y[labelled])["elbo"].mean()
         classification = F.cross_entropy(self.classifier(x[labelled]), y[labelled])
-        weight = num_labels / size if self.labelled_weight is None else self.labelled_weight
-        loss = -unlabelled - weight * labelled_bound + self.alpha * classification
+        loss = -unlabelled - num_labels / size * labelled_bound + self.alpha * classification
         if self.logs_this_step():
             logged = {
                 "train/loss": loss,
