@@ -15,6 +15,7 @@ from vaelab.compare import (
     main,
     markdown,
     natural_key,
+    parse_args,
     parse_overrides,
     save_plot,
     series,
@@ -181,6 +182,18 @@ def test_plot_against_each_models_own_hyperparameter(tmp_path):
     save_plot({"test/mig": lines}, "model.kl_weight / model.gamma", tmp_path / "study.png")
     with Image.open(tmp_path / "study.png") as image:
         assert image.size == (450, 350)
+    args = parse_args(
+        [
+            "--plot",
+            "test/mig",
+            "--x",
+            "model.kl_weight,model.gamma",
+            "--out",
+            "a.png",
+            str(tmp_path),
+        ]
+    )
+    assert args.x == ["model.kl_weight", "model.gamma"] and args.folders == [tmp_path]
 
 
 def test_cli_prints_one_row_per_run_and_writes_files(sweep, tmp_path, monkeypatch, capsys):

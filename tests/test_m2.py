@@ -4,17 +4,20 @@ the error across ranks, the analogy picture's layout and a run on MNIST's file f
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg, mnist_overrides, write_idx
+from helpers import ROOT, make_cfg, mnist_overrides, write_idx
+from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from vaelab.components import build
 from vaelab.data.labels import UNLABELLED, PartlyLabelled, balanced_subset
 from vaelab.errors import ConfigError, user_error
+from vaelab.evaluate import main as evaluate_main
 from vaelab.train import train
 
 
@@ -231,7 +234,7 @@ def test_m1m2_models_m1s_codes_and_leaves_m1_as_trained(tmp_path):
     assert model.analogies(x[:2]).shape == (22, 1, 28, 28)
 
 
-def test_m1m2_trains_and_needs_a_plain_vae(tmp_path):
+def test_m1m2_trains_evaluates_and_needs_a_plain_vae(tmp_path, capsys):
     m1_run = train_m1(tmp_path)
     _, model = build(make_cfg(tmp_path, m1m2_overrides(tmp_path, m1_run)))
     before = {name: tensor.clone() for name, tensor in model.m1.state_dict().items()}
@@ -244,8 +247,26 @@ def test_m1m2_trains_and_needs_a_plain_vae(tmp_path):
     for folder, extra, message in (
         (tmp_path / "none", [], "set model.features_ckpt"),
         (tmp_path / "again", [f"model.features_ckpt={tmp_path}"], "not M1"),  # an M1+M2 run
+        (tmp_path / "last", ["model.features_ckpt=last"], "is ambiguous"),
     ):
         with pytest.raises(Exception) as raised:
             build(make_cfg(folder, m2_overrides(tmp_path, "model=m1m2", *extra)))
         error = user_error(raised.value)
         assert isinstance(error, ConfigError) and message in str(error), error
+    moved = tmp_path / "moved_m1"
+    Path(m1_run).rename(moved)  # evaluate.py rebuilds M1 from model.features_ckpt
+    for overrides, message in (
+        ([], "model.features_ckpt"),
+        ([f"++run_overrides.model.features_ckpt={moved}"], None),  # evaluate.py model.<key>=
+    ):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            eval_cfg = compose(
+                "evaluate",
+                [f"paths.output_dir={tmp_path / 'eval'}", f"ckpt_path={tmp_path}", *overrides],
+            )
+        if message is None:
+            assert 0 <= evaluate_main(eval_cfg)["plausible_samples"] <= 1  # M1 rebuilt, M2 ran
+            continue
+        with pytest.raises(SystemExit):
+            evaluate_main(eval_cfg)
+        assert message in capsys.readouterr().err

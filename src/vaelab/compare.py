@@ -3,7 +3,7 @@
 vaelab-compare outputs/multirun/2026-11-28/03-24-31                  # a rich table
 vaelab-compare SWEEP --metrics val/elbo val/kl --csv runs.csv --markdown runs.md
 vaelab-compare SWEEP --plot val/elbo val/kl --x model.latent_dim --hue model.kl_weight --out a.png
-vaelab-compare SWEEPS --plot test/mig --x model.gamma model.tc_weight --hue experiment --out b.png
+vaelab-compare SWEEPS --plot test/mig --x model.gamma,model.tc_weight --hue experiment --out b.png
 vaelab-compare --wandb ENTITY/PROJECT --group multirun/2026-11-28/03-24-31   # from W&B
 """
 
@@ -251,9 +251,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--x",
-        nargs="+",
-        metavar="PARAM",
-        help="the swept parameter on the x axis (several: each run's first one it has)",
+        type=lambda text: text.split(","),
+        metavar="PARAM[,PARAM...]",
+        help="the swept parameter on the x axis (several, comma-separated: each run's first)",
     )
     parser.add_argument("--hue", metavar="PARAM", help="one line per value of this parameter")
     parser.add_argument("--out", type=Path, help="the plot's PNG file")

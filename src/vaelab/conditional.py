@@ -38,6 +38,8 @@ class ClassConditional(VAE):
         self.posterior, self.prior = posterior(z_dim), type(self.prior)(z_dim)
         pixels = math.prod(self.image_shape)
         self.encoder = encoder((pixels + num_classes,), self.posterior.num_features)  # [x, y]
+        if kwargs.get("compile"):
+            self.encoder.compile()
 
     @property
     def closed_form_kl(self) -> bool:

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
+from vaelab.checkpoints import CheckpointError, check_checkpoint, resolve_checkpoint
 from vaelab.errors import ConfigError
 from vaelab.m2 import M2
 from vaelab.posteriors.gaussian import reparameterize
@@ -25,9 +25,17 @@ from vaelab.vae import VAE
 
 
 def load_m1(path: str, image_shape: Sequence[int]) -> VAE:
-    """The frozen plain VAE of the run that saved `path` (a .ckpt file or a run folder), built
-    from that run's config.yaml."""
-    ckpt = Path(resolve_checkpoint(path, log_dir="outputs"))
+    """The frozen plain VAE of the run that saved `path` (a .ckpt file, or a run folder: its
+    last.ckpt), built from that run's config.yaml."""
+    if path == "last":
+        raise ConfigError("model.features_ckpt=last is ambiguous: give M1's .ckpt or run folder")
+    try:
+        ckpt = Path(resolve_checkpoint(path, log_dir=""))
+    except CheckpointError:
+        raise ConfigError(
+            f"model.features_ckpt={path} not found: M1+M2 rebuilds M1 from that run (its "
+            "config.yaml and checkpoint); put it back or set model.features_ckpt to its new place"
+        ) from None
     saved = ckpt.resolve().parent.parent / "config.yaml"
     if not saved.is_file():
         raise ConfigError(
