@@ -128,18 +128,35 @@ def evaluate_split(
     model: VAE, datamodule: L.LightningDataModule, split: str, eval_cfg: DictConfig
 ) -> dict[str, float]:
     """`evaluate` on the datamodule's `val` or `test` split, batches made as in training."""
-    datamodule.setup("test")
-    if split not in datamodule.datasets:
-        raise ConfigError(f"the data has no {split} split (data.val_size=0?): use eval.split=test")
-    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     return evaluate(
         model,
-        loader,
+        split_loader(datamodule, split),
         eval_cfg.num_importance_samples,
         eval_cfg.chunk_size,
         prepare_batch=functools.partial(datamodule.on_after_batch_transfer, dataloader_idx=0),
         seed=eval_cfg.seed,
     )
+
+
+def split_loader(datamodule: L.LightningDataModule, split: str) -> DataLoader:
+    """The datamodule's `val` or `test` DataLoader."""
+    datamodule.setup("test")
+    if split not in datamodule.datasets:
+        raise ConfigError(f"the data has no {split} split (data.val_size=0?): use eval.split=test")
+    return datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+
+
+@torch.no_grad()
+def error_rate(model: VAE, datamodule: L.LightningDataModule, split: str) -> dict[str, float]:
+    """A semi-supervised model's share of misclassified images of the split (M2's `terms`)."""
+    was_training = model.training
+    model.eval()
+    errors = MeanMetric().to(model.device)
+    for batch in split_loader(datamodule, split):
+        batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, model.device), 0)
+        errors.update(model.terms(*batch)["error"])
+    model.train(was_training)
+    return {"error": float(errors.compute())}
 
 
 @rank_zero_only
@@ -278,6 +295,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         LatentImages(seed=cfg.eval.seed).write(model, datamodule, split, output_dir / "images")
         print(f"pictures of the {split} split in {output_dir / 'images'}")
     results = evaluate_test_split(model, datamodule, cfg.eval, split)
+    if model.semi_supervised:
+        error = error_rate(model, datamodule, split)
+        print_results(error, f"{split} set")
+        results = error | results
     if not results:
         return {}
     saved = {"ckpt_path": str(cfg.ckpt_path), "split": split, **results}
