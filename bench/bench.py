@@ -19,9 +19,16 @@ The order of a, b, c rotates from one repeat to the next, so drifting load on a 
 falls on each alike.
 
     python bench/bench.py --data-root ../shared/data --repeats 3
+
+`--breakdown` instead shows where a step's time goes in the presets users run
+(BREAKDOWN: as shipped, with their callbacks and logger), measured by
+`vaelab.callbacks.timing.StepPhases` inside train.py, beside the same phases of the tuned loop
+(c) on the same nets and batch: forward (model and loss), backward, optimizer, and what happens
+between two steps (callbacks, loggers, progress bar, the next batch, Lightning's loop).
 """
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -49,6 +56,10 @@ EXPERIMENTS = {  # workload: (preset, its overrides)
     "mlp_mnist": ("bench_mlp_mnist", []),
     "mlp_mnist_b20": ("bench_mlp_mnist", ["data.batch_size=20"]),  # the papers' small batches
     "conv_sprites": ("bench_conv_sprites", []),
+}
+BREAKDOWN = {  # workload: (preset as users run it, overrides)
+    "burda16_vae_mnist_short": ("burda16_vae_mnist_short", []),
+    "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch of 20
 }
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
@@ -103,6 +114,38 @@ def timed_steps(
         optimizer.step()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def hand_phases(
+    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+) -> dict[str, float]:
+    """ms per step of the tuned loop (c)'s forward, backward and optimizer step, and of the
+    rest (drawing the batch and its binarisation), after WARMUP_STEPS."""
+    optimizer = torch.optim.Adam(nets.parameters(), lr=lr, fused=True)
+    data = (images.float() / 255)[torch.randperm(len(images), device=images.device)]
+    device = data.device
+    seconds = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "between": 0.0}
+    for step in range(steps):
+        marks = [time.perf_counter()]
+        x = data[step * batch_size : (step + 1) * batch_size]
+        x = torch.bernoulli(x) if binarize else x
+        synchronize(device)
+        marks.append(time.perf_counter())
+        optimizer.zero_grad()
+        loss = negative_elbo(nets, x)
+        synchronize(device)
+        marks.append(time.perf_counter())
+        loss.backward()
+        synchronize(device)
+        marks.append(time.perf_counter())
+        optimizer.step()
+        synchronize(device)
+        marks.append(time.perf_counter())
+        if step >= WARMUP_STEPS:
+            phases = ("between", "forward", "backward", "optimizer")
+            for phase, start, end in zip(phases, marks[:-1], marks[1:], strict=True):
+                seconds[phase] += end - start
+    return {phase: 1e3 * value / (steps - WARMUP_STEPS) for phase, value in seconds.items()}
 
 
 def textbook_loop(
@@ -265,6 +308,57 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     print(f"  (a) outside the timed training (start-up, data, exit): {overhead:.1f} s per run")
 
 
+def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    """vaelab's StepPhases in the preset as shipped beside hand_phases, ms per step."""
+    experiment, overrides = BREAKDOWN[name]
+    overrides = [
+        *overrides,
+        f"data.root={Path(args.data_root).resolve()}",
+        "data.download=false",
+        "logger=csv",  # W&B could not reach its server here: its offline writer instead
+    ]
+    cfg = compose_preset(experiment, overrides)
+    steps = args.steps or 60
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images = datamodule.datasets["train"].images.to(device)
+    if steps * cfg.data.batch_size > len(images) or steps <= WARMUP_STEPS:
+        raise SystemExit(f"{steps} steps must exceed {WARMUP_STEPS} and fit in one epoch")
+    nets = build_nets(cfg, datamodule.image_shape, device)
+    hand = hand_phases(
+        nets,
+        images,
+        steps,
+        cfg.data.batch_size,
+        cfg.model.optimizer.lr,
+        datamodule.binarize == "dynamic",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "phases.json"
+        command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
+        command += [
+            f"trainer.max_steps={steps}",
+            "test=false",
+            "+callbacks.step_phases._target_=vaelab.callbacks.timing.StepPhases",
+            f"+callbacks.step_phases.path={path}",
+            f"+callbacks.step_phases.warmup_steps={WARMUP_STEPS}",
+            f"hydra.run.dir={Path(scratch) / 'run'}",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        vaelab = json.loads(path.read_text())["ms_per_step"]
+    print(
+        f"\n{name}: experiment={experiment} as shipped, batch {cfg.data.batch_size}, steps "
+        f"{WARMUP_STEPS + 1}-{steps} (ms per step)"
+    )
+    print(f"  {'phase':<10} {'vaelab':>8} {'tuned loop (c)':>15}")
+    for phase in vaelab:
+        print(f"  {phase:<10} {vaelab[phase]:>8.2f} {hand[phase]:>15.2f}")
+    print(f"  {'total':<10} {sum(vaelab.values()):>8.2f} {sum(hand.values()):>15.2f}")
+
+
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
@@ -279,6 +373,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="default: the preset's max_steps")
     parser.add_argument("--only", choices=sorted(EXPERIMENTS), help="one workload")
     parser.add_argument("--threads", type=int, default=0, help="default: torch's choice")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="where a step's time goes (BREAKDOWN presets)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -289,6 +386,10 @@ def main() -> None:
         f"{torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"lightning {lightning.__version__}, {args.repeats} repeats"
     )
+    if args.breakdown:
+        for workload in BREAKDOWN:
+            breakdown(workload, args, device)
+        return
     for workload in [args.only] if args.only else EXPERIMENTS:
         bench(workload, args, device)
 

@@ -1,14 +1,18 @@
 """The bench presets train what bench/bench.py's hand-written loops train."""
 
 import importlib.util
+import json
 import time
 
 import pytest
 import torch
 from helpers import ROOT, make_cfg
 from hydra.utils import instantiate
+from lightning import Callback
 from torch import nn
 
+from vaelab.callbacks.timing import PHASES, StepPhases
+from vaelab.components import build
 from vaelab.train import train
 
 spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "bench.py")
@@ -56,3 +60,27 @@ def test_preset_checkpoint_keeps_the_time_of_the_steps_after_the_warm_up(tmp_pat
     timed = checkpoint["callbacks"]["StepTimer"]
     assert timed["steps"] == 14 - bench.WARMUP_STEPS
     assert 0 < timed["seconds"] < wall
+
+
+class SlowBatchEnd(Callback):
+    """Sleeps 30 ms after every batch: time the breakdown must put in `between`."""
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(0.03)
+
+
+def test_step_phases_count_each_step_after_the_warm_up_once(tmp_path):
+    path = tmp_path / "phases.json"
+    phases = StepPhases(str(path), warmup_steps=3)
+    cfg = make_cfg(
+        tmp_path,
+        ["data.size=200", "data.batch_size=8", "trainer.max_steps=12", "trainer.max_epochs=-1"]
+        + ["+trainer.limit_val_batches=0", "test=false", "eval.plausibility_samples=0"],
+    )
+    datamodule, model = build(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=[SlowBatchEnd(), phases], logger=False)
+    trainer.fit(model, datamodule=datamodule)
+    record = json.loads(path.read_text())
+    assert record["counts"] == dict.fromkeys(PHASES, 12 - 3)  # steps 4 to 12, one each
+    ms = record["ms_per_step"]
+    assert ms["between"] >= 30 and all(ms[phase] > 0 for phase in PHASES)

@@ -1,6 +1,8 @@
 """Wall time of training steps after a warm-up, for throughput figures without start-up costs."""
 
+import json
 import time
+from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
@@ -40,3 +42,70 @@ class StepTimer(Callback):
 
     def state_dict(self) -> dict[str, float]:
         return {"seconds": self.seconds, "steps": self.steps}
+
+
+PHASES = ("forward", "backward", "optimizer", "between")
+
+
+class StepPhases(Callback):
+    """Where a training step's time goes, in seconds summed over the steps after
+    `warmup_steps`, written as JSON to `path` when training ends (`make bench`'s breakdown):
+
+    - forward: the batch's start to the backward pass (training_step: the model, the loss and
+      its logging calls);
+    - backward: the backward pass;
+    - optimizer: the optimizer's update (Lightning's `on_before_optimizer_step` to the end of
+      `optimizer.step`, a step post-hook);
+    - between: the end of the update to the next batch's start: the callbacks' and the module's
+      batch-end hooks, the loggers, the progress bar, fetching the next batch, Lightning's loop.
+
+    On a GPU the device is synchronised at every mark, which slows the steps it measures.
+    """
+
+    def __init__(self, path: str, warmup_steps: int = 10) -> None:
+        self.path = path
+        self.warmup_steps = warmup_steps
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.counts = dict.fromkeys(PHASES, 0)
+        self.marks: dict[str, float] = {}
+        self.batches = 0
+
+    def mark(self, module: LightningModule, name: str) -> None:
+        """Keep the time now, after the device's queued work, under `name`."""
+        synchronize(module.device)
+        self.marks[name] = time.perf_counter()
+
+    def add(self, phase: str, start: str, end: str) -> None:
+        """Count the time from mark `start` to mark `end`, past the warm-up."""
+        if self.batches > self.warmup_steps and start in self.marks:
+            self.seconds[phase] += self.marks[end] - self.marks[start]
+            self.counts[phase] += 1
+
+    def on_train_start(self, trainer: Trainer, module: LightningModule) -> None:
+        def after_update(optimizer, args, kwargs) -> None:
+            self.mark(module, "updated")
+            self.add("optimizer", "update", "updated")
+
+        for optimizer in trainer.optimizers:
+            optimizer.register_step_post_hook(after_update)
+
+    def on_train_batch_start(self, trainer, module: LightningModule, batch, batch_idx) -> None:
+        self.batches += 1
+        self.mark(module, "start")
+        self.add("between", "updated", "start")
+
+    def on_before_backward(self, trainer, module: LightningModule, loss) -> None:
+        self.mark(module, "backward")
+        self.add("forward", "start", "backward")
+
+    def on_after_backward(self, trainer, module: LightningModule) -> None:
+        self.mark(module, "backward_end")
+        self.add("backward", "backward", "backward_end")
+
+    def on_before_optimizer_step(self, trainer, module: LightningModule, optimizer) -> None:
+        self.mark(module, "update")
+
+    def on_train_end(self, trainer: Trainer, module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            ms = {p: 1e3 * self.seconds[p] / max(self.counts[p], 1) for p in PHASES}
+            Path(self.path).write_text(json.dumps({"ms_per_step": ms, "counts": self.counts}))
