@@ -148,13 +148,14 @@ def split_loader(datamodule: L.LightningDataModule, split: str) -> DataLoader:
 
 @torch.no_grad()
 def error_rate(model: VAE, datamodule: L.LightningDataModule, split: str) -> dict[str, float]:
-    """A semi-supervised model's share of misclassified images of the split (M2's `terms`)."""
+    """A semi-supervised model's share of misclassified images of the split (M2's `predict`)."""
     was_training = model.training
     model.eval()
     errors = MeanMetric().to(model.device)
     for batch in split_loader(datamodule, split):
         batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, model.device), 0)
-        errors.update(model.terms(*batch)["error"])
+        images, labels = batch
+        errors.update((model.predict(images) != labels).to(images.dtype))
     model.train(was_training)
     return {"error": float(errors.compute())}
 

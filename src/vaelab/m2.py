@@ -114,9 +114,12 @@ class M2(ClassConditional):
             metric.update(value)
             self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "error")
 
+    def predict(self, images: Tensor) -> Tensor:
+        """The most likely class, argmax q(y|x), of each image."""
+        return self.classifier(self.inputs(images)).argmax(1)
+
     def code(self, images: Tensor) -> Tensor:
         """[E q(z|x,y), onehot(y)] at the most likely class y = argmax q(y|x)."""
-        x = self.inputs(images)
-        y = self.classifier(x).argmax(1)
-        onehot = self.class_codes(y)
+        x = self.inputs(images)  # once: M1+M2's codes cost an M1 encoding
+        onehot = self.class_codes(self.classifier(x).argmax(1))
         return torch.cat([self.posterior_given(x, onehot).mean, onehot], dim=1)
