@@ -55,11 +55,15 @@ WARMUP_STEPS = 10  # the presets' StepTimer warmup_steps
 EXPERIMENTS = {  # workload: (preset, its overrides)
     "mlp_mnist": ("bench_mlp_mnist", []),
     "mlp_mnist_b20": ("bench_mlp_mnist", ["data.batch_size=20"]),  # the papers' small batches
+    # the same with 10 optimizer steps in each Lightning training_step
+    "mlp_mnist_s10": ("bench_mlp_mnist", ["model.steps_per_call=10"]),
+    "mlp_mnist_b20_s10": ("bench_mlp_mnist", ["data.batch_size=20", "model.steps_per_call=10"]),
     "conv_sprites": ("bench_conv_sprites", []),
 }
 BREAKDOWN = {  # workload: (preset as users run it, overrides)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", []),
     "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch of 20
+    "burda16_vae_mnist_b20_s10": ("burda16_vae_mnist", ["model.steps_per_call=10"]),
 }
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
@@ -177,9 +181,9 @@ def tuned_loop(
     return timed_steps(nets, optimizer, batch, steps, binarize)
 
 
-def framework_run(command: list[str], folder: Path) -> tuple[float, float]:
-    """(a): seconds of the steps after the warm-up by the preset's StepTimer, and of the whole
-    subprocess."""
+def framework_run(command: list[str], folder: Path, steps: int) -> tuple[float, float]:
+    """(a): seconds of `steps` - WARMUP_STEPS steps at the rate the preset's StepTimer measured
+    after the warm-up, and of the whole subprocess."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     start = time.perf_counter()
     result = subprocess.run(
@@ -189,7 +193,8 @@ def framework_run(command: list[str], folder: Path) -> tuple[float, float]:
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     checkpoint = torch.load(folder / "checkpoints" / "bench.ckpt", weights_only=True)
-    return checkpoint["callbacks"]["StepTimer"]["seconds"], wall
+    timer = checkpoint["callbacks"]["StepTimer"]  # with model.steps_per_call = S its steps may
+    return timer["seconds"] / timer["steps"] * (steps - WARMUP_STEPS), wall  # start past 10
 
 
 def adam_step_ms(nets: nn.Module, repeats: int = 5, steps: int = 10) -> dict[str, float]:
@@ -279,7 +284,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
     command += [f"trainer.max_steps={steps}", f"trainer.accelerator={accelerator}"]
     runs = {
-        "a": lambda folder: framework_run(command, folder),
+        "a": lambda folder: framework_run(command, folder, steps),
         "b": lambda folder: (textbook_loop(make_nets(), **loop_args), None),
         "c": lambda folder: (tuned_loop(make_nets(), **loop_args), None),
     }
@@ -371,7 +376,7 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data", help="holds MNIST/raw")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=0, help="default: the preset's max_steps")
-    parser.add_argument("--only", choices=sorted(EXPERIMENTS), help="one workload")
+    parser.add_argument("--only", choices=sorted({*EXPERIMENTS, *BREAKDOWN}), help="one workload")
     parser.add_argument("--threads", type=int, default=0, help="default: torch's choice")
     parser.add_argument(
         "--breakdown", action="store_true", help="where a step's time goes (BREAKDOWN presets)"
@@ -387,7 +392,7 @@ def main() -> None:
         f"lightning {lightning.__version__}, {args.repeats} repeats"
     )
     if args.breakdown:
-        for workload in BREAKDOWN:
+        for workload in [args.only] if args.only else BREAKDOWN:
             breakdown(workload, args, device)
         return
     for workload in [args.only] if args.only else EXPERIMENTS:

@@ -86,3 +86,19 @@ def check_devices(trainer_cfg: DictConfig) -> None:
             f"trainer.devices={devices} but this machine has {available} {kind}: "
             f"use trainer.devices={available} or fewer"
         )
+
+
+def check_steps_per_call(trainer_cfg: DictConfig, steps_per_call: int) -> None:
+    """ConfigError for the Trainer settings that several optimizer steps a call cannot honour."""
+    if steps_per_call == 1:
+        return
+    if trainer_cfg.get("gradient_clip_val"):
+        raise ConfigError(
+            "model.steps_per_call > 1 steps the optimizer in the model, where Lightning cannot "
+            "clip gradients: set trainer.gradient_clip_val=null or model.steps_per_call=1"
+        )
+    if trainer_cfg.get("accumulate_grad_batches", 1) != 1:
+        raise ConfigError(
+            "model.steps_per_call > 1 takes a step on every batch it is given: set "
+            "trainer.accumulate_grad_batches=1 or model.steps_per_call=1"
+        )

@@ -30,7 +30,7 @@ from vaelab.disentanglement.report import check_factors
 from vaelab.errors import ConfigError, VaelabError, user_error
 from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
-from vaelab.preflight import check_devices
+from vaelab.preflight import check_devices, check_steps_per_call
 from vaelab.requeue import follow_requeue
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, 
     """Everything a bad setting can break, checked before any training, logging or saving."""
     check_devices(cfg.trainer)
     datamodule, model = build(cfg)
+    check_steps_per_call(cfg.trainer, getattr(model, "steps_per_call", 1))
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.log_dir)
     if ckpt_path:
         check_checkpoint(ckpt_path, model)

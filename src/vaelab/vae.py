@@ -109,6 +109,7 @@ class VAE(LightningModule):
         dip_type: str = "i",
         lambda_od: float = 10.0,
         compile: bool = False,
+        steps_per_call: int = 1,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
     ) -> None:
@@ -123,6 +124,13 @@ class VAE(LightningModule):
             raise ConfigError(f"model.objective must be one of {OBJECTIVES}, got {objective!r}")
         if free_bits < 0:
             raise ConfigError(f"model.free_bits must be >= 0 nats, got {free_bits}")
+        if steps_per_call < 1:
+            raise ConfigError(f"model.steps_per_call must be >= 1, got {steps_per_call}")
+        if steps_per_call > 1 and type(self).training_step is not VAE.training_step:
+            raise ConfigError(
+                f"model.steps_per_call > 1 runs the VAE's own training step, and "
+                f"{type(self).__name__} has its own: set model.steps_per_call=1"
+            )
         if objective == "iwae" and (free_bits > 0 or not stochastic):
             raise ConfigError(
                 "model.objective=iwae needs a stochastic encoder and no free bits (the IWAE bound "
@@ -158,8 +166,12 @@ class VAE(LightningModule):
             stochastic=stochastic,
             objective=objective,
             free_bits=free_bits,
+            steps_per_call=steps_per_call,
             **objective_settings,
         )
+        # several steps a call: the optimizer is stepped here, not by Lightning (training_step)
+        self.automatic_optimization = steps_per_call == 1
+        self.last_step_of_call = True
         self.likelihood = likelihood
         self.posterior = posterior(latent_dim)
         self.prior = prior(latent_dim, image_shape=self.image_shape)
@@ -387,16 +399,53 @@ class VAE(LightningModule):
 
     def logs_this_step(self) -> bool:
         """Whether loggers write this step: self.log costs ~1 ms a call on a CPU, so train/*
-        values are computed and logged only on those steps (and the last batch)."""
+        values are computed and logged only on those steps (and the last batch). Lightning
+        writes every `log_every_n_steps` training_step calls: with `steps_per_call` = S, on the
+        last step of every log_every_n_steps-th call, so every S log_every_n_steps steps, and
+        the loggers' step axis counts calls (global_step / S)."""
         try:
             trainer, step = self.trainer, self.global_step + 1
         except RuntimeError:  # not attached to a Trainer (called directly): always log
             return True
         every = max(trainer.log_every_n_steps, 1)
-        return step % every == 0 or trainer.is_last_batch or step == trainer.max_steps
+        if step == trainer.max_steps:
+            return True
+        if self.steps_per_call > 1:  # calls so far, as long as each took steps_per_call steps
+            if not self.last_step_of_call:
+                return False
+            step //= self.steps_per_call
+        return step % every == 0 or trainer.is_last_batch
 
     # Lightning hooks.
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One optimizer step (Lightning's), or with `steps_per_call` = S > 1 S of them here,
+        one on each S-th of the batch (the datamodule's batches are S times data.batch_size):
+        the same steps, data and noise as S calls, without Lightning's per-call work. Returns
+        the mean of the steps' losses (NaN if any was)."""
+        if self.automatic_optimization:
+            return self.step_loss(batch)
+        optimizer, losses = self.optimizers(), []
+        size = -(-len(batch[0]) // self.steps_per_call)  # data.batch_size but in a short batch
+        parts = list(zip(*(part.split(size) for part in batch), strict=True))
+        for index, part in enumerate(parts):
+            if 0 <= self.trainer.max_steps <= self.global_step:
+                break
+            self.last_step_of_call = index == len(parts) - 1
+            loss = self.step_loss(part)
+            self.manual_backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
+
+    def on_train_epoch_end(self) -> None:
+        """With steps_per_call > 1 Lightning leaves the epoch's scheduler step to the module."""
+        scheduler = None if self.automatic_optimization else self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    def step_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The loss of one optimizer step, logged on logging steps."""
         draws = self.draw(self.observed(batch))
         kl_weight = self.kl_weight_at(self.global_step)
         loss = self.training_loss(draws, kl_weight)

@@ -43,6 +43,7 @@ class StopOnNonFiniteLoss(Callback):
     def __init__(self, check_every_n_steps: int = 50) -> None:
         self.check_every_n_steps = check_every_n_steps
         self.first_bad_step: torch.Tensor | None = None
+        self.checked_at = 0  # the global step of the last check after a batch
 
     def on_train_batch_end(
         self, trainer: Trainer, module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -51,9 +52,12 @@ class StopOnNonFiniteLoss(Callback):
         if self.first_bad_step is None:
             self.first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad_now = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
-        step = trainer.global_step - 1  # the step whose loss this was (the optimizer has stepped)
+        # the step whose loss this was; with model.steps_per_call > 1 the loss is the mean over
+        # the batch's steps, and the step its last one
+        step = trainer.global_step - 1
         self.first_bad_step = torch.where(bad_now, step, self.first_bad_step)
-        if trainer.global_step % self.check_every_n_steps == 0:
+        if trainer.global_step - self.checked_at >= self.check_every_n_steps:
+            self.checked_at = trainer.global_step
             self.check(trainer)
 
     def on_validation_start(self, trainer: Trainer, module: LightningModule) -> None:

@@ -25,20 +25,21 @@ class StepTimer(Callback):
     def __init__(self, warmup_steps: int = 10) -> None:
         self.warmup_steps = warmup_steps
         self.start: float | None = None
+        self.start_step = 0
         self.seconds = 0.0
         self.steps = 0
 
     def on_train_batch_end(
         self, trainer: Trainer, module: LightningModule, outputs, batch, batch_idx: int
     ) -> None:
-        step = trainer.global_step
-        if step == self.warmup_steps:
+        step = trainer.global_step  # with model.steps_per_call > 1 it moves on several a batch
+        if self.start is None and step >= self.warmup_steps:
             synchronize(module.device)
-            self.start = time.perf_counter()
-        elif step == trainer.max_steps and self.start is not None:
+            self.start, self.start_step = time.perf_counter(), step
+        elif step >= trainer.max_steps and self.start is not None:
             synchronize(module.device)
             self.seconds = time.perf_counter() - self.start
-            self.steps = step - self.warmup_steps
+            self.steps = step - self.start_step
 
     def state_dict(self) -> dict[str, float]:
         return {"seconds": self.seconds, "steps": self.steps}
@@ -59,7 +60,10 @@ class StepPhases(Callback):
     - between: the end of the update to the next batch's start: the callbacks' and the module's
       batch-end hooks, the loggers, the progress bar, fetching the next batch, Lightning's loop.
 
-    On a GPU the device is synchronised at every mark, which slows the steps it measures.
+    Each phase's time is divided by the optimizer steps measured: with `model.steps_per_call`
+    = S > 1 a batch's S steps share one `between`, and each step's forward starts where the
+    previous update ended. On a GPU the device is synchronised at every mark, which slows the
+    steps it measures.
     """
 
     def __init__(self, path: str, warmup_steps: int = 10) -> None:
@@ -85,6 +89,7 @@ class StepPhases(Callback):
         def after_update(optimizer, args, kwargs) -> None:
             self.mark(module, "updated")
             self.add("optimizer", "update", "updated")
+            self.marks["start"] = self.marks["updated"]  # a batch's next step starts here
 
         for optimizer in trainer.optimizers:
             optimizer.register_step_post_hook(after_update)
@@ -107,5 +112,6 @@ class StepPhases(Callback):
 
     def on_train_end(self, trainer: Trainer, module: LightningModule) -> None:
         if trainer.is_global_zero:
-            ms = {p: 1e3 * self.seconds[p] / max(self.counts[p], 1) for p in PHASES}
+            steps = max(self.counts["optimizer"], 1)
+            ms = {p: 1e3 * self.seconds[p] / steps for p in PHASES}
             Path(self.path).write_text(json.dumps({"ms_per_step": ms, "counts": self.counts}))

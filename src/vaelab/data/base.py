@@ -180,8 +180,8 @@ class ImageDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset_for(split)
-        batch_size = self.batch_size if shuffle else self.eval_batch_size
         trainer = self.trainer
+        batch_size = self.batch_size * self.steps_per_call() if shuffle else self.eval_batch_size
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = ShardShuffle(
             len(dataset),
@@ -206,6 +206,12 @@ class ImageDataModule(LightningDataModule):
             # global stream, which a resumed run restores only after the first iterator is made
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+    def steps_per_call(self) -> int:
+        """The optimizer steps the trained model takes per batch (`model.steps_per_call`): its
+        training batches hold that many batches of `batch_size`."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(module, "steps_per_call", 1)
 
     def batches_to_skip(self, epoch: int) -> int:
         """After resuming mid-epoch: the batches of `epoch` trained before the checkpoint."""

@@ -1,0 +1,78 @@
+"""model.steps_per_call=S: S optimizer steps inside one training_step train exactly as S calls
+of one step each (same batches, same noise), and resume exactly."""
+
+import pytest
+import torch
+from helpers import make_cfg
+
+from vaelab.errors import ConfigError, user_error
+from vaelab.train import prepare, train
+
+# 108 training sprites in batches of 4: 27 steps an epoch, 9 calls of S = 3; a schedule that
+# halves the lr after the first epoch, a KL warm-up over 30 steps and the EMA callback, so the
+# steps' order, the global step and the epoch's scheduler step all show in the weights
+TINY = [
+    *("data=sprites", "data.size=120", "data.batch_size=4", "data.eval_batch_size=6"),
+    *("model.latent_dim=3", "model.kl_warmup_steps=30", "trainer.max_epochs=2", "test=false"),
+    *("eval.plausibility_samples=0", "callbacks=ema", "callbacks.weight_averaging.decay=0.8"),
+    "+model.scheduler={_target_:vaelab.schedules.GeometricStagesLR,_partial_:true,"
+    "num_stages:2,growth:1.0,decay:0.5}",
+]
+
+
+def last_checkpoint(folder) -> dict:
+    return torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"]
+    for key in ("state_dict", "current_model_state"):  # the average and the trained weights
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    (state_a,), (state_b,) = a["optimizer_states"], b["optimizer_states"]
+    assert state_a["param_groups"][0]["lr"] == state_b["param_groups"][0]["lr"]
+    for index, moments in state_a["state"].items():
+        torch.testing.assert_close(state_b["state"][index]["exp_avg"], moments["exp_avg"])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def test_three_steps_a_call_train_as_three_calls(tmp_path):
+    train(make_cfg(tmp_path / "one", TINY))
+    train(make_cfg(tmp_path / "three", [*TINY, "model.steps_per_call=3"]))
+    one, three = last_checkpoint(tmp_path / "one"), last_checkpoint(tmp_path / "three")
+    assert one["global_step"] == 54
+    assert one["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    assert_same_training(one, three)
+
+
+def test_resuming_after_an_epoch_of_several_steps_a_call_is_exact(tmp_path):
+    several = [*TINY, "model.steps_per_call=3"]
+    train(make_cfg(tmp_path / "straight", several))
+    train(make_cfg(tmp_path / "first", [*several, "trainer.max_epochs=1"]))
+    resumed = f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"
+    train(make_cfg(tmp_path / "resumed", [*several, resumed]))
+    straight, again = last_checkpoint(tmp_path / "straight"), last_checkpoint(tmp_path / "resumed")
+    for key in ("state_dict", "current_model_state"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, again[key][name]), (key, name)
+
+
+def test_max_steps_is_not_overshot(tmp_path):
+    cfg = make_cfg(tmp_path, [*TINY, "model.steps_per_call=4", "trainer.max_steps=10"])
+    assert train(cfg)["global_step"] == 10
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.steps_per_call=2", "trainer.gradient_clip_val=1.0"],
+        ["model.steps_per_call=2", "+trainer.accumulate_grad_batches=2"],
+        ["model=vq_vae", "+model.steps_per_call=2"],
+        ["model.steps_per_call=0"],
+    ],
+)
+def test_settings_several_steps_a_call_cannot_honour_are_refused(tmp_path, overrides):
+    with pytest.raises(Exception) as raised:
+        prepare(make_cfg(tmp_path, ["data=sprites", "data.size=120", *overrides]))
+    error = user_error(raised.value)
+    assert isinstance(error, ConfigError) and "steps_per_call" in str(error)
