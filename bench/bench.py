@@ -25,6 +25,11 @@ falls on each alike.
 `vaelab.callbacks.timing.StepPhases` inside train.py, beside the same phases of the tuned loop
 (c) on the same nets and batch: forward (model and loss), backward, optimizer, and what happens
 between two steps (callbacks, loggers, progress bar, the next batch, Lightning's loop).
+
+`--slope` times what users run end to end (SLOPE: the presets as shipped, with validation,
+callbacks and a CSV logger) for two epoch counts, and takes the time per epoch as the slope
+between them, so that start-up and exit cancel; beside it the same slope of the plain loop
+(default Adam, a permutation an epoch, torch.bernoulli per batch) on the same nets and data.
 """
 
 import argparse
@@ -64,6 +69,11 @@ BREAKDOWN = {  # workload: (preset as users run it, overrides)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", []),
     "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch of 20
     "burda16_vae_mnist_b20_s10": ("burda16_vae_mnist", ["model.steps_per_call=10"]),
+}
+SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
+    "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),
+    "burda16_vae_mnist_b20": ("burda16_vae_mnist", [], (2, 6)),  # the paper's batch of 20
+    "sprites_conv_vae": ("sprites_conv_vae", ["data.size=20000"], (1, 3)),
 }
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
@@ -364,6 +374,79 @@ def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None
     print(f"  {'total':<10} {sum(vaelab.values()):>8.2f} {sum(hand.values()):>15.2f}")
 
 
+def plain_epochs(
+    nets: nn.Module, images: Tensor, epochs: int, batch_size: int, lr: float, binarize: bool
+) -> float:
+    """Seconds of `epochs` epochs of the plain loop: default Adam, a permutation an epoch, each
+    batch indexed by a slice of it (the last partial one dropped), torch.bernoulli per batch."""
+    optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
+    data = images.float() / 255
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(data), device=data.device)
+        for step in range(len(data) // batch_size):
+            x = data[order[step * batch_size : (step + 1) * batch_size]]
+            loss = negative_elbo(nets, torch.bernoulli(x) if binarize else x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    synchronize(data.device)
+    return time.perf_counter() - start
+
+
+def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    """Samples/s end to end: the preset as shipped (validation, callbacks, logger) for E1 and E2
+    epochs, its time per epoch taken as the slope so that start-up and exit cancel, against the
+    plain loop's slope on the same nets, batch and training set; alternated, `repeats` times."""
+    experiment, overrides, (short, long) = SLOPE[name]
+    overrides = [*overrides, "logger=csv", "test=false"]
+    if "root" in compose_preset(experiment, overrides).data:
+        overrides += [f"data.root={Path(args.data_root).resolve()}", "data.download=false"]
+    cfg = compose_preset(experiment, overrides)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    images = datamodule.datasets["train"].images.to(device)
+    batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
+    binarize = datamodule.binarize == "dynamic"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+    def vaelab(epochs: int, folder: Path) -> float:
+        command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
+        command += [f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}"]
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        return time.perf_counter() - start
+
+    def plain(epochs: int, folder: Path) -> float:
+        nets = build_nets(cfg, datamodule.image_shape, device)
+        return plain_epochs(nets, images, epochs, batch_size, lr, binarize)
+
+    ways = {"vaelab": vaelab, "plain": plain}
+    rates: dict[str, list[float]] = {way: [] for way in ways}
+    print(
+        f"\n{name}: experiment={experiment} as shipped, batch {batch_size}, {short} and {long} "
+        f"epochs of {len(images)} images"
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            order = list(ways)[repeat % 2 :] + list(ways)[: repeat % 2]
+            for way in order:
+                seconds = [
+                    ways[way](e, Path(scratch) / f"{way}{repeat}-{e}") for e in (short, long)
+                ]
+                per_epoch = (seconds[1] - seconds[0]) / (long - short)
+                rates[way].append(len(images) / per_epoch)
+            line = "  ".join(f"{way} {rates[way][-1]:.0f}" for way in ways)
+            print(f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s", flush=True)
+    median = {way: statistics.median(values) for way, values in rates.items()}
+    print(
+        f"  median samples/s: vaelab {median['vaelab']:.0f}  plain {median['plain']:.0f}  "
+        f"ratio {median['vaelab'] / median['plain']:.2f} (goal >= 1.0)"
+    )
+
+
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
@@ -376,10 +459,14 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data", help="holds MNIST/raw")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=0, help="default: the preset's max_steps")
-    parser.add_argument("--only", choices=sorted({*EXPERIMENTS, *BREAKDOWN}), help="one workload")
+    workloads = sorted({*EXPERIMENTS, *BREAKDOWN, *SLOPE})
+    parser.add_argument("--only", choices=workloads, help="one workload")
     parser.add_argument("--threads", type=int, default=0, help="default: torch's choice")
     parser.add_argument(
         "--breakdown", action="store_true", help="where a step's time goes (BREAKDOWN presets)"
+    )
+    parser.add_argument(
+        "--slope", action="store_true", help="end to end, the presets against the plain loop"
     )
     args = parser.parse_args()
     if args.threads:
@@ -394,6 +481,10 @@ def main() -> None:
     if args.breakdown:
         for workload in [args.only] if args.only else BREAKDOWN:
             breakdown(workload, args, device)
+        return
+    if args.slope:
+        for workload in [args.only] if args.only else SLOPE:
+            slope(workload, args, device)
         return
     for workload in [args.only] if args.only else EXPERIMENTS:
         bench(workload, args, device)

@@ -84,3 +84,18 @@ def test_step_phases_count_each_step_after_the_warm_up_once(tmp_path):
     assert record["counts"] == dict.fromkeys(PHASES, 12 - 3)  # steps 4 to 12, one each
     ms = record["ms_per_step"]
     assert ms["between"] >= 30 and all(ms[phase] > 0 for phase in PHASES)
+
+
+WORKLOADS = [
+    *bench.EXPERIMENTS.values(),
+    *bench.BREAKDOWN.values(),
+    *((experiment, overrides) for experiment, overrides, _ in bench.SLOPE.values()),
+]
+
+
+@pytest.mark.parametrize("experiment, overrides", WORKLOADS)
+def test_every_bench_workload_builds(tmp_path, experiment, overrides):
+    """A renamed preset or setting fails here, not after minutes of `make bench`."""
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}", *overrides])
+    datamodule, model = build(cfg)
+    assert model.steps_per_call == cfg.model.get("steps_per_call", 1)
