@@ -67,8 +67,8 @@ EXPERIMENTS = {  # workload: (preset, its overrides)
 }
 BREAKDOWN = {  # workload: (preset as users run it, overrides)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", []),
-    "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch of 20
-    "burda16_vae_mnist_b20_s10": ("burda16_vae_mnist", ["model.steps_per_call=10"]),
+    "burda16_vae_mnist_b20_s1": ("burda16_vae_mnist", ["model.steps_per_call=1"]),
+    "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch, 10 steps a call
 }
 SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),
@@ -204,7 +204,9 @@ def framework_run(command: list[str], folder: Path, steps: int) -> tuple[float, 
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     checkpoint = torch.load(folder / "checkpoints" / "bench.ckpt", weights_only=True)
     timer = checkpoint["callbacks"]["StepTimer"]  # with model.steps_per_call = S its steps may
-    return timer["seconds"] / timer["steps"] * (steps - WARMUP_STEPS), wall  # start past 10
+    if timer["steps"] == 0:  # start past 10
+        raise SystemExit(f"{' '.join(command)}: no step was timed after the warm-up")
+    return timer["seconds"] / timer["steps"] * (steps - WARMUP_STEPS), wall
 
 
 def adam_step_ms(nets: nn.Module, repeats: int = 5, steps: int = 10) -> dict[str, float]:
@@ -478,6 +480,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"lightning {lightning.__version__}, {args.repeats} repeats"
     )
+    mode = BREAKDOWN if args.breakdown else SLOPE if args.slope else EXPERIMENTS
+    if args.only and args.only not in mode:
+        parser.error(f"--only {args.only} is not a workload of this mode: {', '.join(mode)}")
     if args.breakdown:
         for workload in [args.only] if args.only else BREAKDOWN:
             breakdown(workload, args, device)

@@ -69,21 +69,24 @@ class SlowBatchEnd(Callback):
         time.sleep(0.03)
 
 
-def test_step_phases_count_each_step_after_the_warm_up_once(tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_step_phases_count_each_step_after_the_warm_up_once(tmp_path, steps_per_call):
     path = tmp_path / "phases.json"
     phases = StepPhases(str(path), warmup_steps=3)
     cfg = make_cfg(
         tmp_path,
         ["data.size=200", "data.batch_size=8", "trainer.max_steps=12", "trainer.max_epochs=-1"]
-        + ["+trainer.limit_val_batches=0", "test=false", "eval.plausibility_samples=0"],
+        + ["+trainer.limit_val_batches=0", "test=false", "eval.plausibility_samples=0"]
+        + [f"model.steps_per_call={steps_per_call}"],
     )
     datamodule, model = build(cfg)
     trainer = instantiate(cfg.trainer, callbacks=[SlowBatchEnd(), phases], logger=False)
     trainer.fit(model, datamodule=datamodule)
     record = json.loads(path.read_text())
-    assert record["counts"] == dict.fromkeys(PHASES, 12 - 3)  # steps 4 to 12, one each
-    ms = record["ms_per_step"]
-    assert ms["between"] >= 30 and all(ms[phase] > 0 for phase in PHASES)
+    calls = (12 - 3) // steps_per_call  # the gaps between calls after step 3
+    assert record["counts"] == {**dict.fromkeys(PHASES, 12 - 3), "between": calls}
+    ms = record["ms_per_step"]  # each call's 30 ms shared by its steps
+    assert ms["between"] >= 30 / steps_per_call and all(ms[phase] > 0 for phase in PHASES)
 
 
 WORKLOADS = [

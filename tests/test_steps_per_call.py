@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import make_cfg
 
+from vaelab.checkpoints import CheckpointError
 from vaelab.errors import ConfigError, user_error
 from vaelab.train import prepare, train
 
@@ -36,11 +37,19 @@ def assert_same_training(a: dict, b: dict) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
-def test_three_steps_a_call_train_as_three_calls(tmp_path):
-    train(make_cfg(tmp_path / "one", TINY))
-    train(make_cfg(tmp_path / "three", [*TINY, "model.steps_per_call=3"]))
-    one, three = last_checkpoint(tmp_path / "one"), last_checkpoint(tmp_path / "three")
-    assert one["global_step"] == 54
+@pytest.mark.parametrize(
+    "batch_size, steps_per_call, steps_per_epoch",
+    [(4, 3, 27), (5, 4, 21)],  # 9 calls of 3; 5 calls of 4 and one of 1 (108 = 21 x 5 + 3)
+)
+def test_several_steps_a_call_train_as_one_step_a_call(
+    tmp_path, batch_size, steps_per_call, steps_per_epoch
+):
+    sizes = [f"data.batch_size={batch_size}"]
+    train(make_cfg(tmp_path / "one", [*TINY, *sizes]))
+    several = [*TINY, *sizes, f"model.steps_per_call={steps_per_call}"]
+    train(make_cfg(tmp_path / "several", several))
+    one, three = last_checkpoint(tmp_path / "one"), last_checkpoint(tmp_path / "several")
+    assert one["global_step"] == 2 * steps_per_epoch
     assert one["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(5e-4)
     assert_same_training(one, three)
 
@@ -55,6 +64,9 @@ def test_resuming_after_an_epoch_of_several_steps_a_call_is_exact(tmp_path):
     for key in ("state_dict", "current_model_state"):
         for name, value in straight[key].items():
             assert torch.equal(value, again[key][name]), (key, name)
+    # Lightning counts the model's steps apart from its own: another S would restart at step 0
+    with pytest.raises(CheckpointError, match="model.steps_per_call=3"):
+        prepare(make_cfg(tmp_path / "other", [*TINY, resumed]))
 
 
 def test_max_steps_is_not_overshot(tmp_path):

@@ -65,3 +65,16 @@ def check_checkpoint(path: str, model: nn.Module) -> dict:
             f"{differences[0]}): use the model settings of the run that saved it (its config.yaml)"
         )
     return checkpoint
+
+
+def check_steps_per_call(checkpoint: dict, model: nn.Module) -> None:
+    """CheckpointError when resuming with another `model.steps_per_call` than the checkpoint's:
+    Lightning counts steps taken by itself (S = 1) and by the model (S > 1) apart, so the run
+    would restart at step 0."""
+    saved = checkpoint.get("hyper_parameters", {}).get("steps_per_call", 1)
+    wanted = getattr(model, "steps_per_call", 1)
+    if saved != wanted:
+        raise CheckpointError(
+            f"the checkpoint was trained with model.steps_per_call={saved}, and a run cannot "
+            f"change it on resuming: resume with model.steps_per_call={saved}"
+        )

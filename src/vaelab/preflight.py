@@ -88,7 +88,7 @@ def check_devices(trainer_cfg: DictConfig) -> None:
         )
 
 
-def check_steps_per_call(trainer_cfg: DictConfig, steps_per_call: int) -> None:
+def check_trainer_for_steps_per_call(trainer_cfg: DictConfig, steps_per_call: int) -> None:
     """ConfigError for the Trainer settings that several optimizer steps a call cannot honour."""
     if steps_per_call == 1:
         return

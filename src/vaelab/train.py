@@ -23,14 +23,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.checkpoints import check_checkpoint, resolve_checkpoint
+from vaelab.checkpoints import check_checkpoint, check_steps_per_call, resolve_checkpoint
 from vaelab.components import build
 from vaelab.config import print_config_summary, print_config_tree, save_config, write_metrics
 from vaelab.disentanglement.report import check_factors
 from vaelab.errors import ConfigError, VaelabError, user_error
 from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
-from vaelab.preflight import check_devices, check_steps_per_call
+from vaelab.preflight import check_devices, check_trainer_for_steps_per_call
 from vaelab.requeue import follow_requeue
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,10 @@ def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, 
     """Everything a bad setting can break, checked before any training, logging or saving."""
     check_devices(cfg.trainer)
     datamodule, model = build(cfg)
-    check_steps_per_call(cfg.trainer, getattr(model, "steps_per_call", 1))
+    check_trainer_for_steps_per_call(cfg.trainer, getattr(model, "steps_per_call", 1))
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.log_dir)
     if ckpt_path:
-        check_checkpoint(ckpt_path, model)
+        check_steps_per_call(check_checkpoint(ckpt_path, model), model)
     datamodule.setup()  # a missing dataset fails here, before W&B starts
     if getattr(datamodule, "num_labels", None) is not None and not model.semi_supervised:
         raise ConfigError(

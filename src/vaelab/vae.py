@@ -410,10 +410,10 @@ class VAE(LightningModule):
         every = max(trainer.log_every_n_steps, 1)
         if step == trainer.max_steps:
             return True
-        if self.steps_per_call > 1:  # calls so far, as long as each took steps_per_call steps
+        if self.steps_per_call > 1:  # the calls Lightning counts for its loggers, this one too
             if not self.last_step_of_call:
                 return False
-            step //= self.steps_per_call
+            step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", step) + 1
         return step % every == 0 or trainer.is_last_batch
 
     # Lightning hooks.
@@ -424,11 +424,11 @@ class VAE(LightningModule):
         the mean of the steps' losses (NaN if any was)."""
         if self.automatic_optimization:
             return self.step_loss(batch)
-        optimizer, losses = self.optimizers(), []
-        size = -(-len(batch[0]) // self.steps_per_call)  # data.batch_size but in a short batch
+        trainer, optimizer, losses = self.trainer, self.optimizers(), []
+        size = getattr(trainer.datamodule, "batch_size", None) or len(batch[0])
         parts = list(zip(*(part.split(size) for part in batch), strict=True))
         for index, part in enumerate(parts):
-            if 0 <= self.trainer.max_steps <= self.global_step:
+            if 0 <= trainer.max_steps <= self.global_step:
                 break
             self.last_step_of_call = index == len(parts) - 1
             loss = self.step_loss(part)
@@ -436,13 +436,11 @@ class VAE(LightningModule):
             optimizer.step()
             optimizer.zero_grad()
             losses.append(loss.detach())
+        scheduler = self.lr_schedulers()  # Lightning steps none in manual optimization: here,
+        epoch_done = trainer.is_last_batch or batch_idx + 1 == trainer.num_training_batches
+        if scheduler is not None and epoch_done and len(losses) == len(parts):
+            scheduler.step()  # where it would have, after the epoch's last step (interval epoch)
         return torch.stack(losses).mean()
-
-    def on_train_epoch_end(self) -> None:
-        """With steps_per_call > 1 Lightning leaves the epoch's scheduler step to the module."""
-        scheduler = None if self.automatic_optimization else self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
 
     def step_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The loss of one optimizer step, logged on logging steps."""

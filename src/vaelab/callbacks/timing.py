@@ -36,7 +36,7 @@ class StepTimer(Callback):
         if self.start is None and step >= self.warmup_steps:
             synchronize(module.device)
             self.start, self.start_step = time.perf_counter(), step
-        elif step >= trainer.max_steps and self.start is not None:
+        elif self.start is not None and 0 < trainer.max_steps <= step:
             synchronize(module.device)
             self.seconds = time.perf_counter() - self.start
             self.steps = step - self.start_step
@@ -72,7 +72,7 @@ class StepPhases(Callback):
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self.counts = dict.fromkeys(PHASES, 0)
         self.marks: dict[str, float] = {}
-        self.batches = 0
+        self.steps = 0  # optimizer steps taken; a phase counts once warmup_steps are done
 
     def mark(self, module: LightningModule, name: str) -> None:
         """Keep the time now, after the device's queued work, under `name`."""
@@ -81,7 +81,7 @@ class StepPhases(Callback):
 
     def add(self, phase: str, start: str, end: str) -> None:
         """Count the time from mark `start` to mark `end`, past the warm-up."""
-        if self.batches > self.warmup_steps and start in self.marks:
+        if self.steps >= self.warmup_steps and start in self.marks:
             self.seconds[phase] += self.marks[end] - self.marks[start]
             self.counts[phase] += 1
 
@@ -89,13 +89,13 @@ class StepPhases(Callback):
         def after_update(optimizer, args, kwargs) -> None:
             self.mark(module, "updated")
             self.add("optimizer", "update", "updated")
+            self.steps += 1
             self.marks["start"] = self.marks["updated"]  # a batch's next step starts here
 
         for optimizer in trainer.optimizers:
             optimizer.register_step_post_hook(after_update)
 
     def on_train_batch_start(self, trainer, module: LightningModule, batch, batch_idx) -> None:
-        self.batches += 1
         self.mark(module, "start")
         self.add("between", "updated", "start")
 

@@ -70,7 +70,9 @@ class ShardShuffle(Sampler[int]):
     """This rank's share of a dataset, in a seeded order per epoch, that can resume mid-epoch.
 
     Training: a permutation seeded by (seed, epoch), cut to a multiple of world_size so every
-    rank runs the same number of steps, rank r taking every world_size-th index from r.
+    rank runs the same number of steps, rank r taking every world_size-th index from r, then to
+    whole batches of `batch_size` (so that a model taking S steps a call, whose loader batches
+    are S of them, drops what one step a call would drop).
     Evaluation: the dataset in order, split the same way without padding, so a metric averaged
     over ranks weighs every example exactly once. `start(epoch)` says how many of this rank's
     indices the epoch has already used (non-zero only right after resuming mid-epoch). Lightning
@@ -85,9 +87,11 @@ class ShardShuffle(Sampler[int]):
         seed: int,
         shuffle: bool,
         start: Callable[[int], int],
+        batch_size: int = 1,
     ) -> None:
         self.size, self.rank, self.world_size = size, rank, world_size
         self.seed, self.shuffle, self.start = seed, shuffle, start
+        self.batch_size = batch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -100,11 +104,19 @@ class ShardShuffle(Sampler[int]):
             self.size, generator=torch.Generator().manual_seed(self.seed + epoch)
         )
         usable = self.size - self.size % self.world_size
-        return order[self.rank : usable : self.world_size]
+        return order[self.rank : usable : self.world_size][: self.shard_size()]
+
+    def shard_size(self) -> int:
+        """This rank's share; in training cut to whole batches of `batch_size` (the last
+        partial one dropped) when it holds more than one."""
+        usable = self.size - self.size % self.world_size if self.shuffle else self.size
+        size = len(range(self.rank, usable, self.world_size))
+        if self.shuffle and size > self.batch_size:
+            size -= size % self.batch_size
+        return size
 
     def __len__(self) -> int:
-        usable = self.size - self.size % self.world_size if self.shuffle else self.size
-        return len(range(self.rank, usable, self.world_size))
+        return self.shard_size()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices(self.epoch)[self.start(self.epoch) :].tolist())
@@ -190,14 +202,14 @@ class ImageDataModule(LightningDataModule):
             self.seed,
             shuffle,
             start=lambda epoch: self.batches_to_skip(epoch) * batch_size,
+            batch_size=self.batch_size,
         )
         on_gpu = isinstance(dataset, InMemoryImages) and dataset.images.is_cuda
         num_workers = 0 if on_gpu else self.num_workers  # workers cannot share CUDA tensors
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=sampler,
-            drop_last=shuffle and len(sampler) > batch_size,
+            sampler=sampler,  # in training whole batches of self.batch_size
             num_workers=num_workers,
             pin_memory=self.pin_memory and not on_gpu,
             persistent_workers=num_workers > 0,
@@ -209,7 +221,8 @@ class ImageDataModule(LightningDataModule):
 
     def steps_per_call(self) -> int:
         """The optimizer steps the trained model takes per batch (`model.steps_per_call`): its
-        training batches hold that many batches of `batch_size`."""
+        training batches hold that many batches of `batch_size` (the epoch's last may hold
+        fewer)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         return getattr(module, "steps_per_call", 1)
 
