@@ -191,6 +191,21 @@ def tuned_loop(
     return timed_steps(nets, optimizer, batch, steps, binarize)
 
 
+def alternate(ways: dict[str, Callable[[Path], float]], repeats: int) -> dict[str, float]:
+    """The median of each way's samples/s over `repeats` rounds, the ways' order rotating from
+    one round to the next so that a shared machine's drifting load falls on each alike."""
+    rates: dict[str, list[float]] = {key: [] for key in ways}
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(repeats):
+            shift = repeat % len(ways)
+            order = list(ways)[shift:] + list(ways)[:shift]
+            for key in order:
+                rates[key].append(ways[key](Path(scratch) / f"{key}-{repeat}"))
+            line = "  ".join(f"{key} {rates[key][-1]:.0f}" for key in ways)
+            print(f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s", flush=True)
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
 def framework_run(command: list[str], folder: Path, steps: int) -> tuple[float, float]:
     """(a): seconds of `steps` - WARMUP_STEPS steps at the rate the preset's StepTimer measured
     after the warm-up, and of the whole subprocess."""
@@ -295,24 +310,19 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
     command += [f"trainer.max_steps={steps}", f"trainer.accelerator={accelerator}"]
-    runs = {
-        "a": lambda folder: framework_run(command, folder, steps),
-        "b": lambda folder: (textbook_loop(make_nets(), **loop_args), None),
-        "c": lambda folder: (tuned_loop(make_nets(), **loop_args), None),
-    }
-    rates: dict[str, list[float]] = {key: [] for key in runs}
     overheads = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for repeat in range(args.repeats):
-            order = list(runs)[repeat % 3 :] + list(runs)[: repeat % 3]
-            for key in order:
-                seconds, wall = runs[key](Path(scratch) / f"{name}-{repeat}")
-                rates[key].append(samples / seconds)
-                if wall is not None:
-                    overheads.append(wall - seconds)
-            line = "  ".join(f"{key} {rates[key][-1]:.0f}" for key in runs)
-            print(f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s", flush=True)
-    median = {key: statistics.median(values) for key, values in rates.items()}
+
+    def vaelab(folder: Path) -> float:
+        seconds, wall = framework_run(command, folder, steps)
+        overheads.append(wall - seconds)
+        return samples / seconds
+
+    ways = {
+        "a": vaelab,
+        "b": lambda folder: samples / textbook_loop(make_nets(), **loop_args),
+        "c": lambda folder: samples / tuned_loop(make_nets(), **loop_args),
+    }
+    median = alternate(ways, args.repeats)
     print(
         f"  median samples/s: (a) vaelab {median['a']:.0f}  (b) textbook {median['b']:.0f}  "
         f"(c) tuned {median['c']:.0f}"
@@ -425,24 +435,20 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
         nets = build_nets(cfg, datamodule.image_shape, device)
         return plain_epochs(nets, images, epochs, batch_size, lr, binarize)
 
-    ways = {"vaelab": vaelab, "plain": plain}
-    rates: dict[str, list[float]] = {way: [] for way in ways}
+    def rate(run: Callable[[int, Path], float]) -> Callable[[Path], float]:
+        """Samples/s of an epoch, from the runs of `short` and `long` epochs."""
+
+        def measure(folder: Path) -> float:
+            seconds = [run(epochs, folder / str(epochs)) for epochs in (short, long)]
+            return len(images) * (long - short) / (seconds[1] - seconds[0])
+
+        return measure
+
     print(
         f"\n{name}: experiment={experiment} as shipped, batch {batch_size}, {short} and {long} "
         f"epochs of {len(images)} images"
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        for repeat in range(args.repeats):
-            order = list(ways)[repeat % 2 :] + list(ways)[: repeat % 2]
-            for way in order:
-                seconds = [
-                    ways[way](e, Path(scratch) / f"{way}{repeat}-{e}") for e in (short, long)
-                ]
-                per_epoch = (seconds[1] - seconds[0]) / (long - short)
-                rates[way].append(len(images) / per_epoch)
-            line = "  ".join(f"{way} {rates[way][-1]:.0f}" for way in ways)
-            print(f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s", flush=True)
-    median = {way: statistics.median(values) for way, values in rates.items()}
+    median = alternate({"vaelab": rate(vaelab), "plain": rate(plain)}, args.repeats)
     print(
         f"  median samples/s: vaelab {median['vaelab']:.0f}  plain {median['plain']:.0f}  "
         f"ratio {median['vaelab'] / median['plain']:.2f} (goal >= 1.0)"
