@@ -206,17 +206,21 @@ def alternate(ways: dict[str, Callable[[Path], float]], repeats: int) -> dict[st
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
+def train_subprocess(command: list[str]) -> float:
+    """Wall seconds of train.py run as `command` with this process's thread count; stops the
+    bench with train.py's error if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
 def framework_run(command: list[str], folder: Path, steps: int) -> tuple[float, float]:
     """(a): seconds of `steps` - WARMUP_STEPS steps at the rate the preset's StepTimer measured
     after the warm-up, and of the whole subprocess."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    start = time.perf_counter()
-    result = subprocess.run(
-        [*command, f"hydra.run.dir={folder}"], capture_output=True, text=True, cwd=ROOT, env=env
-    )
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    wall = train_subprocess([*command, f"hydra.run.dir={folder}"])
     checkpoint = torch.load(folder / "checkpoints" / "bench.ckpt", weights_only=True)
     timer = checkpoint["callbacks"]["StepTimer"]  # with model.steps_per_call = S its steps may
     if timer["steps"] == 0:  # start past 10
@@ -360,7 +364,6 @@ def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None
         cfg.model.optimizer.lr,
         datamodule.binarize == "dynamic",
     )
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "phases.json"
         command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
@@ -372,9 +375,7 @@ def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None
             f"+callbacks.step_phases.warmup_steps={WARMUP_STEPS}",
             f"hydra.run.dir={Path(scratch) / 'run'}",
         ]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-        if result.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        train_subprocess(command)
         vaelab = json.loads(path.read_text())["ms_per_step"]
     print(
         f"\n{name}: experiment={experiment} as shipped, batch {cfg.data.batch_size}, steps "
@@ -420,16 +421,12 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     images = datamodule.datasets["train"].images.to(device)
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
     binarize = datamodule.binarize == "dynamic"
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
     def vaelab(epochs: int, folder: Path) -> float:
         command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
-        command += [f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}"]
-        start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-        if result.returncode != 0:
-            raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        return time.perf_counter() - start
+        return train_subprocess(
+            [*command, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}"]
+        )
 
     def plain(epochs: int, folder: Path) -> float:
         nets = build_nets(cfg, datamodule.image_shape, device)

@@ -103,20 +103,16 @@ class ShardShuffle(Sampler[int]):
         order = torch.randperm(
             self.size, generator=torch.Generator().manual_seed(self.seed + epoch)
         )
-        usable = self.size - self.size % self.world_size
-        return order[self.rank : usable : self.world_size][: self.shard_size()]
+        return order[self.rank :: self.world_size][: len(self)]
 
-    def shard_size(self) -> int:
-        """This rank's share; in training cut to whole batches of `batch_size` (the last
-        partial one dropped) when it holds more than one."""
+    def __len__(self) -> int:
+        """This rank's share; in training cut to a multiple of world_size, then to whole
+        batches of `batch_size` (the last partial one dropped) when it holds more than one."""
         usable = self.size - self.size % self.world_size if self.shuffle else self.size
         size = len(range(self.rank, usable, self.world_size))
         if self.shuffle and size > self.batch_size:
             size -= size % self.batch_size
         return size
-
-    def __len__(self) -> int:
-        return self.shard_size()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices(self.epoch)[self.start(self.epoch) :].tolist())
