@@ -54,6 +54,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from vaelab.callbacks.timing import synchronize
+from vaelab.cuda_check import drop_nvml_check_without_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 10  # the presets' StepTimer warmup_steps
@@ -476,6 +477,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    drop_nvml_check_without_gpu()  # the hand-written loops run as a script without Lightning would
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     print(

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaelab.checkpoints import check_checkpoint, check_steps_per_call, resolve_checkpoint
 from vaelab.components import build
 from vaelab.config import print_config_summary, print_config_tree, save_config, write_metrics
+from vaelab.cuda_check import drop_nvml_check_without_gpu
 from vaelab.disentanglement.report import check_factors
 from vaelab.errors import ConfigError, VaelabError, user_error
 from vaelab.evaluate import evaluate_after_test
@@ -91,6 +92,7 @@ def in_multirun() -> bool:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; return the final metrics."""
     quiet_lightning()
+    drop_nvml_check_without_gpu()
     follow_requeue(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
