@@ -11,6 +11,7 @@ from PIL import Image
 from vaelab.compare import (
     Run,
     build_table,
+    grouped,
     local_runs,
     main,
     markdown,
@@ -155,7 +156,9 @@ def test_plot_against_a_categorical_parameter(tmp_path):
     runs = [Run(str(i), {"model": m}, {"val/elbo": e}) for i, (m, e) in enumerate(results)]
     lines = series(runs, "val/elbo", "model")
     assert lines == {"val/elbo": [("conv_vae", -90.0), ("mlp_vae", -105.0)]}
-    save_plot({"val/elbo": lines}, "model", tmp_path / "models.png")
+    groups = grouped(runs, "val/elbo", "model")  # each run's value, for the seeds' spread
+    assert groups == {"val/elbo": [("conv_vae", [-90.0]), ("mlp_vae", [-100.0, -110.0])]}
+    save_plot({"val/elbo": groups}, "model", tmp_path / "models.png")
     with Image.open(tmp_path / "models.png") as image:
         assert image.size == (450, 350)
 
@@ -179,7 +182,9 @@ def test_plot_against_each_models_own_hyperparameter(tmp_path):
         "experiment=beta_vae": [("1", 0.10), ("4", pytest.approx(0.25))],
         "experiment=factor_vae": [("10", 0.05), ("40", 0.25)],
     }
-    save_plot({"test/mig": lines}, "model.kl_weight / model.gamma", tmp_path / "study.png")
+    groups = grouped(runs, "test/mig", ["model.kl_weight", "model.gamma"], hue="experiment")
+    assert groups["experiment=beta_vae"] == [("1", [0.10]), ("4", [0.20, 0.30])]
+    save_plot({"test/mig": groups}, "model.kl_weight / model.gamma", tmp_path / "study.png")
     with Image.open(tmp_path / "study.png") as image:
         assert image.size == (450, 350)
     args = parse_args(

@@ -78,3 +78,14 @@ def check_steps_per_call(checkpoint: dict, model: nn.Module) -> None:
             f"the checkpoint was trained with model.steps_per_call={saved}, and a run cannot "
             f"change it on resuming: resume with model.steps_per_call={saved}"
         )
+
+
+def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's strides, keeping
+    its values: fused Adam walks raw memory, so moments restored in another memory format (a
+    conv run saved with the other `channels_last`) would update the wrong weights."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            same_shape = isinstance(value, torch.Tensor) and value.shape == param.shape
+            if same_shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

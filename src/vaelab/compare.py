@@ -24,6 +24,7 @@ from rich.table import Table as RichTable
 DEFAULT_METRICS = ("val/elbo", "val/reconstruction", "val/kl", "test/elbo")
 STATUS_STYLES = {"failed": "red", "missing": "yellow", "running": "yellow"}
 Lines = dict[str, list[tuple[str, float]]]  # line label -> (x value, metric) points
+Groups = dict[str, list[tuple[str, list[float]]]]  # line label -> (x value, one metric a run)
 
 
 @dataclass
@@ -185,12 +186,12 @@ def markdown(table: Table, digits: int = 2) -> str:
     )
 
 
-def series(
+def grouped(
     runs: Sequence[Run], metric: str, x: str | Sequence[str], hue: str | None = None
-) -> Lines:
-    """Per hue value, the (x, mean metric) points of the finished runs, sorted by x. With
-    several x parameters, each run's x is the first of them it has (each model's own
-    hyperparameter, one line per model)."""
+) -> Groups:
+    """Per hue value, each x value with the metric of every finished run there (one a seed),
+    sorted by x. With several x parameters, each run's x is the first of them it has (each
+    model's own hyperparameter, one line per model)."""
     names = [x] if isinstance(x, str) else list(x)
     groups: dict[str, dict[str, list[float]]] = {}
     for run in runs:
@@ -200,9 +201,16 @@ def series(
             continue
         label = f"{hue}={run.params.get(hue, '')}" if hue else metric
         groups.setdefault(label, {}).setdefault(run.params[name], []).append(value)
+    return {label: sorted_items(points) for label, points in sorted_items(groups)}
+
+
+def series(
+    runs: Sequence[Run], metric: str, x: str | Sequence[str], hue: str | None = None
+) -> Lines:
+    """Per hue value, the (x, mean metric) points of `grouped`."""
     return {
-        label: [(x_value, sum(ys) / len(ys)) for x_value, ys in sorted_items(points)]
-        for label, points in sorted_items(groups)
+        label: [(x_value, sum(ys) / len(ys)) for x_value, ys in points]
+        for label, points in grouped(runs, metric, x, hue).items()
     }
 
 
@@ -210,25 +218,30 @@ def sorted_items(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
     return sorted(mapping.items(), key=lambda item: value_key(item[0]))
 
 
-def save_plot(panels: dict[str, Lines], x: str, out: Path) -> None:
-    """One panel per metric, against x: numeric x on a numeric axis, other x as categories."""
+def save_plot(panels: dict[str, Groups], x: str, out: Path) -> None:
+    """One panel per metric, against x: numeric x on a numeric axis, other x as categories; a
+    line through the means, and each run as a small dot (the spread over seeds)."""
     from matplotlib.figure import Figure
 
-    x_values = {v for lines in panels.values() for points in lines.values() for v, _ in points}
+    x_values = {v for groups in panels.values() for points in groups.values() for v, _ in points}
     categories = sorted(x_values, key=value_key)
     as_numbers = all(numeric(v) is not None for v in x_values)
     figure = Figure(figsize=(4.5 * len(panels), 3.5), dpi=100, layout="constrained")
-    for axes, (metric, lines) in zip(
+    for axes, (metric, groups) in zip(
         figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True
     ):
-        for label, points in lines.items():
+        for label, points in groups.items():
             xs = [numeric(v) if as_numbers else categories.index(v) for v, _ in points]
-            axes.plot(xs, [y for _, y in points], marker="o", label=label)
+            means = [sum(ys) / len(ys) for _, ys in points]
+            (line,) = axes.plot(xs, means, marker="o", label=label)
+            dots = [(x_run, y) for x_run, (_, ys) in zip(xs, points, strict=True) for y in ys]
+            if any(len(ys) > 1 for _, ys in points):
+                axes.scatter(*zip(*dots, strict=True), s=9, color=line.get_color(), alpha=0.5)
         if not as_numbers:
             axes.set_xticks(range(len(categories)), categories)
         axes.set(xlabel=x, ylabel=metric)
         axes.grid(alpha=0.3)
-        if len(lines) > 1:
+        if len(groups) > 1:
             axes.legend()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
@@ -287,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(markdown(table))
     if args.plot:
-        panels = {metric: series(runs, metric, args.x, args.hue) for metric in args.plot}
+        panels = {metric: grouped(runs, metric, args.x, args.hue) for metric in args.plot}
         if not all(panels.values()):
             wanted = " or ".join(args.x)
             console.print(f"nothing to plot: no finished run has {wanted} and all of {args.plot}")

@@ -54,6 +54,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 
+from vaelab.checkpoints import match_state_layouts
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import Likelihood
 from vaelab.objectives import (
@@ -417,6 +418,11 @@ class VAE(LightningModule):
         return step % every == 0 or trainer.is_last_batch
 
     # Lightning hooks.
+    def on_train_start(self) -> None:
+        """Optimizer state restored from a checkpoint takes its parameters' memory layout."""
+        for optimizer in self.trainer.optimizers:
+            match_state_layouts(optimizer)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One optimizer step (Lightning's), or with `steps_per_call` = S > 1 S of them here,
         one on each S-th of the batch (the datamodule's batches are S times data.batch_size):

@@ -2,10 +2,16 @@
 
 Each 4x4 convolution with stride 2 halves the side; the encoder halves while the side is even and
 above 4, so 28 -> 14 -> 7, 32 -> 16 -> 8 -> 4 and 64 -> 32 -> 16 -> 8 -> 4. The decoder mirrors it.
+
+With `channels_last` (the default) the conv weights and the images they see are stored
+channels-last (NHWC), which takes oneDNN's faster kernels on a CPU: a training step of the conv
+VAE on 64x64 sprites at batch 64 took 5 to 8% less time (2 threads, alternated runs; README,
+speed). The arithmetic is the same up to float rounding.
 """
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from vaelab.errors import ConfigError
@@ -26,6 +32,10 @@ def conv_depth(height: int, width: int) -> int:
     return depth
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class ConvEncoder(nn.Module):
     def __init__(
         self,
@@ -34,6 +44,7 @@ class ConvEncoder(nn.Module):
         channels: int = 32,
         hidden_dim: int = 256,
         activation: str = "relu",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         in_channels, height, width = input_shape
@@ -49,9 +60,11 @@ class ConvEncoder(nn.Module):
             make_activation(activation),
             nn.Linear(hidden_dim, out_features),
         )
+        self.memory_format = memory_format(channels_last)
+        self.to(memory_format=self.memory_format)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.conv(x))
+        return self.head(self.conv(x.contiguous(memory_format=self.memory_format)))
 
 
 class ConvDecoder(nn.Module):
@@ -62,6 +75,7 @@ class ConvDecoder(nn.Module):
         channels: int = 32,
         hidden_dim: int = 256,
         activation: str = "relu",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         out_channels, height, width = output_shape
@@ -79,8 +93,11 @@ class ConvDecoder(nn.Module):
             if not last:
                 layers += [make_activation(activation)]
         self.deconv = nn.Sequential(*layers)
+        self.memory_format = memory_format(channels_last)
+        self.to(memory_format=self.memory_format)
 
     def forward(self, z: Tensor) -> Tensor:
         batch_shape = z.shape[:-1]
-        out = self.deconv(self.head(z.reshape(-1, z.shape[-1])))
+        features = self.head(z.reshape(-1, z.shape[-1]))
+        out = self.deconv(features.contiguous(memory_format=self.memory_format))
         return out.reshape(*batch_shape, *out.shape[1:])

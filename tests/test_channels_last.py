@@ -1,0 +1,73 @@
+"""The conv nets' channels-last default computes what the default memory format does."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from vaelab.checkpoints import match_state_layouts
+from vaelab.nets.conv import ConvDecoder, ConvEncoder
+from vaelab.nets.locatello import LocatelloDecoder, LocatelloEncoder
+
+NETS = [(ConvEncoder, ConvDecoder, (1, 64, 64)), (ConvEncoder, ConvDecoder, (3, 32, 32))]
+NETS += [(LocatelloEncoder, LocatelloDecoder, (1, 64, 64))]
+
+
+def pair(net: type[nn.Module], *args) -> tuple[nn.Module, nn.Module]:
+    """The net channels-last and in the default format, with the same weights."""
+    torch.manual_seed(0)
+    fast = net(*args)
+    plain = net(*args, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    return fast, plain
+
+
+@pytest.mark.parametrize("encoder, decoder, shape", NETS)
+def test_same_outputs_and_gradients_as_the_default_format(encoder, decoder, shape):
+    nets = [pair(encoder, shape, 8), pair(decoder, 4, shape)]
+    convs = [m for m in nets[0][0].modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert all(m.weight.is_contiguous() for m in nets[0][1].modules() if isinstance(m, nn.Conv2d))
+    x = torch.bernoulli(torch.full((5, *shape), 0.3))
+    z = torch.randn(2, 5, 4)  # (samples, batch, latent): the decoder keeps leading dimensions
+    for (fast, plain), inputs in zip(nets, (x, z), strict=True):
+        outputs = [net(inputs) for net in (fast, plain)]
+        assert outputs[0].shape == outputs[1].shape
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+        for output in outputs:
+            output.square().sum().backward()
+        for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def adam_step(conv: nn.Conv2d, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    conv(x).square().sum().backward()
+    optimizer.step()
+
+
+def test_adam_moments_saved_in_the_other_layout_follow_their_weights():
+    """A conv run saved before channels-last (or with channels_last=false) resumes with the
+    moments of each weight, not of the weight that lies at its place in memory."""
+    torch.manual_seed(0)
+    plain, x = nn.Conv2d(8, 16, 3), torch.randn(4, 8, 9, 9)
+    reference = torch.optim.Adam(plain.parameters(), lr=0.1, fused=True)
+    adam_step(plain, reference, x)  # moments in PyTorch's default layout, as saved then
+    resumed = []
+    for fix in (False, True):
+        fast = nn.Conv2d(8, 16, 3)
+        fast.load_state_dict(plain.state_dict())
+        fast.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(fast.parameters(), lr=0.1, fused=True)
+        optimizer.load_state_dict(copy.deepcopy(reference.state_dict()))  # as read from a file
+        if fix:
+            match_state_layouts(optimizer)
+            moments = optimizer.state[fast.weight]["exp_avg"]
+            assert moments.stride() == fast.weight.stride()
+            torch.testing.assert_close(moments, reference.state[plain.weight]["exp_avg"])
+        adam_step(fast, optimizer, x)
+        resumed.append(fast.weight.detach().clone())
+    adam_step(plain, reference, x)
+    torch.testing.assert_close(resumed[1], plain.weight.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(resumed[0], plain.weight.detach(), atol=1e-3)  # without it
