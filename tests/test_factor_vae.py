@@ -97,7 +97,8 @@ def test_one_optimizer_equals_two_adams(tmp_path):
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
-            p.grad = torch.randn(p.shape, generator=generator)
+            # in its weight's memory layout (channels-last convs), as autograd gives it
+            p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=generator))
             q.grad = p.grad.clone()
         optimizer.step()
         first.step()
