@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,30 +220,38 @@ def sorted_items(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def save_plot(panels: dict[str, Groups], x: str, out: Path) -> None:
-    """One panel per metric, against x: numeric x on a numeric axis, other x as categories; a
-    line through the means, and each run as a small dot (the spread over seeds)."""
+    """One panel per metric, against x: numeric x on a numeric axis (logarithmic where its values
+    span a factor of 10 or more), other x as categories; a line through the means, each run a
+    small dot (the spread over seeds), and one legend for all panels below them."""
     from matplotlib.figure import Figure
 
     x_values = {v for groups in panels.values() for points in groups.values() for v, _ in points}
     categories = sorted(x_values, key=value_key)
     as_numbers = all(numeric(v) is not None for v in x_values)
+    numbers = [numeric(v) for v in x_values] if as_numbers else []
+    log_x = bool(numbers) and min(numbers) > 0 and max(numbers) >= 10 * min(numbers)
     figure = Figure(figsize=(4.5 * len(panels), 3.5), dpi=100, layout="constrained")
+    handles = {}
     for axes, (metric, groups) in zip(
         figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True
     ):
         for label, points in groups.items():
             xs = [numeric(v) if as_numbers else categories.index(v) for v, _ in points]
             means = [sum(ys) / len(ys) for _, ys in points]
-            (line,) = axes.plot(xs, means, marker="o", label=label)
+            (handles[label],) = axes.plot(xs, means, marker="o", label=label)
             dots = [(x_run, y) for x_run, (_, ys) in zip(xs, points, strict=True) for y in ys]
             if any(len(ys) > 1 for _, ys in points):
-                axes.scatter(*zip(*dots, strict=True), s=9, color=line.get_color(), alpha=0.5)
+                colour = handles[label].get_color()
+                axes.scatter(*zip(*dots, strict=True), s=9, color=colour, alpha=0.5)
         if not as_numbers:
             axes.set_xticks(range(len(categories)), categories)
-        axes.set(xlabel=x, ylabel=metric)
+        if log_x:
+            axes.set_xscale("log")
+        axes.set(xlabel=textwrap.fill(x, 45), ylabel=metric)
         axes.grid(alpha=0.3)
-        if len(groups) > 1:
-            axes.legend()
+    if len(handles) > 1:
+        columns = min(len(handles), 3)
+        figure.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=columns)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
 
