@@ -15,11 +15,11 @@ from vaelab.compare import (
     local_runs,
     main,
     markdown,
+    means,
     natural_key,
     parse_args,
     parse_overrides,
     save_plot,
-    series,
     wandb_runs,
     write_csv,
 )
@@ -130,12 +130,12 @@ def test_csv_and_markdown_outputs(sweep, tmp_path):
 
 def test_plot_of_a_metric_against_a_swept_parameter(sweep, tmp_path, monkeypatch):
     runs = local_runs([sweep])
-    assert series(runs, "val/kl", "model.latent_dim", "model.kl_weight") == {
+    assert means(grouped(runs, "val/kl", "model.latent_dim", "model.kl_weight")) == {
         "model.kl_weight=1": [("4", 10.0), ("10", 15.0)],
         "model.kl_weight=4": [("4", 4.0), ("10", 5.0)],  # the failed latent_dim=0 left out
     }
     # without a hue, runs that share an x value are averaged
-    assert series(runs, "val/elbo", "model.kl_weight") == {
+    assert means(grouped(runs, "val/elbo", "model.kl_weight")) == {
         "val/elbo": [("1", -107.5), ("4", -122.0)]
     }
     out = tmp_path / "plots" / "kl.png"
@@ -154,7 +154,7 @@ def test_plot_of_a_metric_against_a_swept_parameter(sweep, tmp_path, monkeypatch
 def test_plot_against_a_categorical_parameter(tmp_path):
     results = [("mlp_vae", -100.0), ("conv_vae", -90.0), ("mlp_vae", -110.0)]
     runs = [Run(str(i), {"model": m}, {"val/elbo": e}) for i, (m, e) in enumerate(results)]
-    lines = series(runs, "val/elbo", "model")
+    lines = means(grouped(runs, "val/elbo", "model"))
     assert lines == {"val/elbo": [("conv_vae", -90.0), ("mlp_vae", -105.0)]}
     groups = grouped(runs, "val/elbo", "model")  # each run's value, for the seeds' spread
     assert groups == {"val/elbo": [("conv_vae", [-90.0]), ("mlp_vae", [-100.0, -110.0])]}
@@ -177,7 +177,7 @@ def test_plot_against_each_models_own_hyperparameter(tmp_path):
         Run(str(i), {"experiment": e, name: value}, {"test/mig": mig})
         for i, (e, name, value, mig) in enumerate(results)
     ]
-    lines = series(runs, "test/mig", ["model.kl_weight", "model.gamma"], hue="experiment")
+    lines = means(grouped(runs, "test/mig", ["model.kl_weight", "model.gamma"], hue="experiment"))
     assert lines == {
         "experiment=beta_vae": [("1", 0.10), ("4", pytest.approx(0.25))],
         "experiment=factor_vae": [("10", 0.05), ("40", 0.25)],

@@ -205,13 +205,11 @@ def grouped(
     return {label: sorted_items(points) for label, points in sorted_items(groups)}
 
 
-def series(
-    runs: Sequence[Run], metric: str, x: str | Sequence[str], hue: str | None = None
-) -> Lines:
-    """Per hue value, the (x, mean metric) points of `grouped`."""
+def means(groups: Groups) -> Lines:
+    """Per line, the (x, mean metric) points of `grouped`: the line a plot draws."""
     return {
         label: [(x_value, sum(ys) / len(ys)) for x_value, ys in points]
-        for label, points in grouped(runs, metric, x, hue).items()
+        for label, points in groups.items()
     }
 
 
@@ -235,10 +233,9 @@ def save_plot(panels: dict[str, Groups], x: str, out: Path) -> None:
     for axes, (metric, groups) in zip(
         figure.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True
     ):
-        for label, points in groups.items():
+        for (label, points), line in zip(groups.items(), means(groups).values(), strict=True):
             xs = [numeric(v) if as_numbers else categories.index(v) for v, _ in points]
-            means = [sum(ys) / len(ys) for _, ys in points]
-            (handles[label],) = axes.plot(xs, means, marker="o", label=label)
+            (handles[label],) = axes.plot(xs, [y for _, y in line], marker="o", label=label)
             dots = [(x_run, y) for x_run, (_, ys) in zip(xs, points, strict=True) for y in ys]
             if any(len(ys) > 1 for _, ys in points):
                 colour = handles[label].get_color()
