@@ -30,6 +30,7 @@ between two steps (callbacks, loggers, progress bar, the next batch, Lightning's
 callbacks and a CSV logger) for two epoch counts, and takes the time per epoch as the slope
 between them, so that start-up and exit cancel; beside it the same slope of the plain loop
 (default Adam, a permutation an epoch, torch.bernoulli per batch) on the same nets and data.
+`--override KEY=VALUE` (repeatable) changes the preset there, to measure an option.
 """
 
 import argparse
@@ -422,7 +423,7 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     epochs, its time per epoch taken as the slope so that start-up and exit cancel, against the
     plain loop's slope on the same nets, batch and training set; alternated, `repeats` times."""
     experiment, overrides, (short, long) = SLOPE[name]
-    overrides = [*overrides, "logger=csv", "test=false"]
+    overrides = [*overrides, *args.override, "logger=csv", "test=false"]
     if "root" in compose_preset(experiment, overrides).data:
         overrides += [f"data.root={Path(args.data_root).resolve()}", "data.download=false"]
     cfg = compose_preset(experiment, overrides)
@@ -452,8 +453,8 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
         return measure
 
     print(
-        f"\n{name}: experiment={experiment} as shipped, batch {batch_size}, {short} and {long} "
-        f"epochs of {len(images)} images"
+        f"\n{name}: experiment={experiment} {' '.join(args.override) or 'as shipped'}, batch "
+        f"{batch_size}, {short} and {long} epochs of {len(images)} images"
     )
     median = alternate({"vaelab": rate(vaelab), "plain": rate(plain)}, args.repeats)
     print(
@@ -477,6 +478,12 @@ def main() -> None:
     workloads = sorted({*EXPERIMENTS, *BREAKDOWN, *SLOPE})
     parser.add_argument("--only", choices=workloads, help="one workload")
     parser.add_argument("--threads", type=int, default=0, help="default: torch's choice")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="with --slope: a Hydra override of the preset, to measure an option (repeatable)",
+    )
     parser.add_argument(
         "--breakdown", action="store_true", help="where a step's time goes (BREAKDOWN presets)"
     )

@@ -3,6 +3,7 @@ import math
 import pickle
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -307,9 +308,11 @@ def test_val_size_zero_trains_on_the_whole_training_set_and_tests_the_last_state
         seen.append(len(batch[0]))
         return original(self, batch, batch_idx)
 
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         patch.setattr(VAE, "training_step", counting)
         metrics = train(cfg)
+    assert not [w for w in caught if "across ranks is zero" in str(w.message)]  # no val batches
     assert sum(seen) == 2 * 40 and metrics["global_step"] == 10
     assert not any(key.startswith("val/") for key in metrics)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

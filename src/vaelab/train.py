@@ -61,9 +61,13 @@ def scalars(results: list[dict]) -> dict[str, float]:
 
 
 # Lines a user cannot act on: Lightning's advert for its own logger, its note that our
-# RichModelSummary replaces its default one, and torch's deprecation of a class Lightning uses.
+# RichModelSummary replaces its default one, torch's deprecation of a class Lightning uses, and
+# Lightning's warning that a run without a validation split (data.val_size=0) has no val batches.
 UNACTIONABLE_LOGS = ("litlogger", "Trainer already configured with model summary callbacks")
-UNACTIONABLE_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)",)
+UNACTIONABLE_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)",
+    r"Total length of `list` across ranks is zero",
+)
 
 
 def drop_unactionable(record: logging.LogRecord) -> bool:
