@@ -15,7 +15,7 @@ from PIL import Image
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from vaelab.components import build
-from vaelab.data.labels import UNLABELLED, PartlyLabelled, balanced_subset
+from vaelab.data.labels import UNLABELLED, PartlyLabelled, balanced_subset, labelled_count
 from vaelab.errors import ConfigError, user_error
 from vaelab.evaluate import main as evaluate_main
 from vaelab.train import train
@@ -65,6 +65,10 @@ def test_batches_put_labelled_images_before_the_unlabelled():
     # labelled picks: labelled[5 % 3] = 11, labelled[9 % 3] = 3; then the 4 positions, unlabelled
     assert x[:, 0, 0, 0].tolist() == [11, 3, 5, 9, 2, 0]
     assert y.tolist() == [1, 3, *[UNLABELLED] * 4]
+    for positions in ([5, 9, 2, 0], [4], [1, 8]):  # a full batch, then last ones of 1 and 2
+        _, y = data.__getitems__(positions)
+        assert labelled_count(len(y), per_batch=2) == int((y != UNLABELLED).sum())
+        assert (y[: labelled_count(len(y), 2)] != UNLABELLED).all()
 
 
 def test_labels_come_from_the_training_split_only(tmp_path):
@@ -107,7 +111,7 @@ def test_unlabelled_bound_is_the_sum_over_classes(tmp_path):
 def test_training_loss_is_the_papers_objective_over_n(tmp_path):
     """J^alpha / N = (1/N) [sum_l -L + sum_u -U + 0.1 N mean_l CE] for N_l labels of N images."""
     _, model = build(make_cfg(tmp_path, m2_overrides(tmp_path, "model.alpha=0.1")))
-    model.sizes = {"labels": 20, "all": 50}
+    model.sizes = {"labels": 20, "all": 50, "per_batch": 2}
     generator = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3), generator=generator)
     y = torch.tensor([3, 8, UNLABELLED, UNLABELLED, UNLABELLED])

@@ -9,7 +9,7 @@ the paper's J^alpha = sum_l -L + sum_u -U + alpha' E_l[-log q(y|x)], alpha' = al
 paper: alpha = 0.1), divided by N, the training set's size, for batches of unlabelled images
 drawn from all N and labelled ones from the N_l labels (vaelab.data.labels); E_l is a mean over
 the labelled examples (Kingma's code: beta = alpha n_tot / n_labeled per labelled example). A
-batch holds both kinds: label -1 marks the unlabelled.
+batch holds both kinds, the labelled images first (label -1 marks the unlabelled).
 
 Its code for pictures is [z, onehot(y)] (the decoder's input) with y = argmax q(y|x), so
 reconstructions, interpolations and traversals go through the same `code`/`decode`; `sample`
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
 from vaelab.conditional import ClassConditional
-from vaelab.data.labels import UNLABELLED
+from vaelab.data.labels import labelled_count
 from vaelab.errors import ConfigError
 from vaelab.vae import STAGES
 
@@ -46,7 +46,8 @@ class M2(ClassConditional):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.remember(alpha=alpha)
-        self.sizes = {"labels": num_labels, "all": dataset_size}  # None: read from the Trainer
+        # None: read from the Trainer's training data, as is the labelled images a batch starts with
+        self.sizes = {"labels": num_labels, "all": dataset_size, "per_batch": None}
         self.classifier = classifier(self.image_shape, self.num_classes)
         self.metrics = nn.ModuleDict(
             {f"{stage}_{term}": MeanMetric() for stage in STAGES for term in M2_TERMS}
@@ -88,15 +89,16 @@ class M2(ClassConditional):
     def on_fit_start(self) -> None:
         """Read N_l and N once (no labels: a one-line error before the first step)."""
         self.sizes["labels"], self.sizes["all"] = self.training_sizes()
+        self.sizes["per_batch"] = self.trainer.datamodule.datasets["train"].per_batch
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = self.inputs(batch[0]), batch[1]
-        labelled = y != UNLABELLED
+        count = labelled_count(len(y), self.sizes["per_batch"])  # sliced: a mask syncs the GPU
         num_labels, size = self.training_sizes()
-        logits = self.classifier(x[~labelled])
-        unlabelled = self.unlabelled_bound(x[~labelled], logits).mean()
-        labelled_bound = self.bound(x[labelled], y[labelled])["elbo"].mean()
-        classification = F.cross_entropy(self.classifier(x[labelled]), y[labelled])
+        logits = self.classifier(x[count:])
+        unlabelled = self.unlabelled_bound(x[count:], logits).mean()
+        labelled_bound = self.bound(x[:count], y[:count])["elbo"].mean()
+        classification = F.cross_entropy(self.classifier(x[:count]), y[:count])
         loss = -unlabelled - num_labels / size * labelled_bound + self.alpha * classification
         if self.logs_this_step():
             logged = {

@@ -16,6 +16,12 @@ from vaelab.errors import ConfigError
 UNLABELLED = -1
 
 
+def labelled_count(batch_size: int, per_batch: int) -> int:
+    """How many labelled images a training batch of `batch_size` starts with: `per_batch`, or
+    half of a last batch with fewer than `per_batch` unlabelled images."""
+    return min(per_batch, batch_size // 2)
+
+
 def balanced_subset(labels: Tensor, num_labels: int, seed: int) -> Tensor:
     """Sorted indices of `num_labels` examples, the same number from each class, by seed."""
     classes = labels.unique()
