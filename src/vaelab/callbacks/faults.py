@@ -2,6 +2,7 @@
 
 import logging
 import os
+import pickle
 import random
 import signal
 from typing import Any
@@ -10,7 +11,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer, seed_everything
-from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vaelab.errors import VaelabError
@@ -82,28 +82,19 @@ class StopOnNonFiniteLoss(Callback):
 
 
 def saved_step(path: str) -> int:
-    """The global step of the checkpoint at `path`; -1 where there is none."""
-    if not os.path.exists(path):
+    """The global step of the checkpoint at `path`; -1 where there is none or it is unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError):
         return -1
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-
-
-def stops_after_this_batch(trainer: Trainer) -> bool:
-    """Whether `trainer.max_steps` is reached, or `trainer.max_time` is up (rank 0's clock)."""
-    if 0 <= trainer.max_steps <= trainer.global_step:
-        return True
-    timers = [callback for callback in trainer.callbacks if isinstance(callback, Timer)]
-    remaining = timers[0].time_remaining() if timers else None
-    return remaining is not None and trainer.strategy.broadcast(remaining <= 0)
 
 
 class CheckpointOnInterrupt(Callback):
     """On SIGTERM (a cluster pre-empting the job) or Ctrl-C, save `last.ckpt` and exit. Also
-    save it when training ends between two of its epochs (`trainer.max_time` or
-    `trainer.max_steps` mid-epoch, `trainer.max_epochs` not a multiple of the checkpoint's), so
-    that `evaluate.py` and a resumed run start from the state the test after training saw. A
-    mid-epoch stop saves after its last batch, where a resumed run goes on exactly as with
-    SIGTERM.
+    save it when training ends with `last.ckpt` older than its last step (`trainer.max_time` or
+    `trainer.max_steps` between two of the checkpoint's epochs), so that `evaluate.py` sees the
+    state the test after training saw. Resuming from such a mid-epoch end starts the next epoch
+    (Lightning counts the stopped epoch as done): only a SIGTERM checkpoint resumes mid-epoch.
 
     The first Ctrl-C is turned into a SIGTERM, which Lightning handles after the current
     optimizer step, so the checkpoint holds a consistent state; a second Ctrl-C stops at once.
@@ -145,13 +136,9 @@ class CheckpointOnInterrupt(Callback):
             self.signalled, all=False
         ):
             trainer._signal_connector.received_sigterm = True  # Lightning stops after this step
-        if stops_after_this_batch(trainer):
-            trainer.should_stop = True  # decided here, before the Timer's own look at the clock
-            trainer.save_checkpoint(self.path)
 
     def on_train_end(self, trainer: Trainer, module: LightningModule) -> None:
-        """At the end of the last epoch (or on a stop this callback did not foresee)."""
-        stale = trainer.global_step > 0 and saved_step(self.path) < trainer.global_step
+        stale = trainer.is_global_zero and saved_step(self.path) < trainer.global_step
         if trainer.strategy.broadcast(stale):  # rank 0's file decides for every rank
             trainer.save_checkpoint(self.path)
 
