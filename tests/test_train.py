@@ -68,6 +68,7 @@ def test_every_model_on_every_data_shape(model, data, tmp_path, monkeypatch):
         tmp_path, [f"model={model}", "debug=fdr", *data_overrides(data, tmp_path, monkeypatch)]
     )
     metrics = train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))  # fast_dev_run writes no checkpoint
     for stage in ("val", "test"):
         assert math.isfinite(metrics[f"{stage}/elbo"])
         assert metrics[f"{stage}/elbo"] == pytest.approx(

@@ -138,6 +138,8 @@ class CheckpointOnInterrupt(Callback):
             trainer._signal_connector.received_sigterm = True  # Lightning stops after this step
 
     def on_train_end(self, trainer: Trainer, module: LightningModule) -> None:
+        if trainer.fast_dev_run:  # debug=fdr writes no checkpoint
+            return
         stale = trainer.is_global_zero and saved_step(self.path) < trainer.global_step
         if trainer.strategy.broadcast(stale):  # rank 0's file decides for every rank
             trainer.save_checkpoint(self.path)
