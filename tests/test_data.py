@@ -59,6 +59,25 @@ def test_batches_reach_the_model_as_floats_in_unit_range(tiny_mnist):
     assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1 and labels.shape == (8,)
 
 
+def test_a_checkpoint_of_epoch_0_skips_training_batches_only(tiny_mnist):
+    """Restoring a datamodule saved after 2 training batches of epoch 0 (a best checkpoint of
+    the first epoch, as trainer.test and evaluate load it) skips those 2 batches of the next
+    training epoch 0 it serves; the validation and test loaders, whose samplers also sit at
+    epoch 0, still see every example, before and after the training loader is made."""
+    root, _ = tiny_mnist
+    data = MNISTDataModule(root=str(root), download=False, val_size=10, batch_size=4)
+    data.setup()
+    data.load_state_dict({"epoch": 0, "batches": 2})
+
+    def count(loader) -> int:
+        return sum(len(images) for images, _ in loader)
+
+    assert (count(data.test_dataloader()), count(data.val_dataloader())) == (20, 10)
+    assert count(data.train_dataloader()) == 28 - 2 * 4  # 30 images: 7 whole batches, 2 done
+    assert count(data.train_dataloader()) == 28  # the skip applies once
+    assert (count(data.test_dataloader()), count(data.val_dataloader())) == (20, 10)
+
+
 def test_fashion_mnist_reads_its_own_folder(tmp_path):
     write_tiny_mnist(tmp_path, folder="FashionMNIST")
     data = FashionMNISTDataModule(root=str(tmp_path), download=False, val_size=5)

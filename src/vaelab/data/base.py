@@ -191,13 +191,19 @@ class ImageDataModule(LightningDataModule):
         trainer = self.trainer
         batch_size = self.batch_size * self.steps_per_call() if shuffle else self.eval_batch_size
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+        # only training resumes mid-epoch: an evaluation loader (whose epoch stays 0) skipping a
+        # checkpoint of epoch 0's batches would see nothing, and take the skip from training
+        def start(epoch: int) -> int:
+            return self.batches_to_skip(epoch) * batch_size if shuffle else 0
+
         sampler = ShardShuffle(
             len(dataset),
             rank,
             world_size,
             self.seed,
             shuffle,
-            start=lambda epoch: self.batches_to_skip(epoch) * batch_size,
+            start=start,
             batch_size=self.batch_size,
         )
         on_gpu = isinstance(dataset, InMemoryImages) and dataset.images.is_cuda
