@@ -61,9 +61,9 @@ def test_batches_reach_the_model_as_floats_in_unit_range(tiny_mnist):
 
 def test_a_checkpoint_of_epoch_0_skips_training_batches_only(tiny_mnist):
     """Restoring a datamodule saved after 2 training batches of epoch 0 (a best checkpoint of
-    the first epoch, as trainer.validate and trainer.test load it) skips those 2 batches of the next
-    training epoch 0 it serves; the validation and test loaders, whose samplers also sit at
-    epoch 0, still see every example, before and after the training loader is made."""
+    the first epoch, as trainer.validate and trainer.test load it) skips those 2 batches of the
+    next training epoch 0 it serves; the validation and test loaders, whose samplers also sit
+    at epoch 0, still see every example, before and after the training loader is made."""
     root, _ = tiny_mnist
     data = MNISTDataModule(root=str(root), download=False, val_size=10, batch_size=4)
     data.setup()
