@@ -45,8 +45,10 @@ def test_hand_written_loss_is_the_presets_training_loss(tmp_path, experiment, im
     x = torch.bernoulli(torch.full((6, *image_shape), 0.3))
     torch.manual_seed(1)
     expected = vae.training_loss(vae.draw(x), kl_weight=1.0)
-    torch.manual_seed(1)  # the same draw of z
-    assert bench.negative_elbo(nets, x).item() == pytest.approx(expected.item(), rel=1e-6)
+    for tuned in (False, True):
+        torch.manual_seed(1)  # the same draw of z
+        loss = bench.negative_elbo(nets, x, tuned)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_preset_checkpoint_keeps_the_time_of_the_steps_after_the_warm_up(tmp_path):

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal, kl_divergence
 
 from vaelab.errors import ConfigError
-from vaelab.likelihoods import Bernoulli, Gaussian, GaussianLearnedVariance
+from vaelab.likelihoods import Bernoulli, BernoulliLogProb, Gaussian, GaussianLearnedVariance
 from vaelab.posteriors.gaussian import gaussian_kl
 
 
@@ -42,6 +43,40 @@ def test_bernoulli_broadcasts_over_samples():
     values = Bernoulli().log_prob(x, logits)
     assert values.shape == (5, 3)
     torch.testing.assert_close(values[2], Bernoulli().log_prob(x, logits[2]))
+
+
+def test_bernoulli_log_prob_and_gradient_match_torch_distributions():
+    """The CPU kernel against torch.distributions on extreme logits, grey x and several draws."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 4, 4)
+    x[0] = x[0].round()
+    logits = 6 * torch.randn(2, 3, 1, 4, 4)
+    logits[0, 0, 0, 0, :4] = torch.tensor([-100.0, 100.0, -30.0, 30.0])
+    mine = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    values = Bernoulli().log_prob(x, mine)
+    reference = TorchBernoulli(logits=theirs, validate_args=False).log_prob(x).flatten(2).sum(-1)
+    torch.testing.assert_close(values, reference)
+    weights = torch.randn(2, 3)
+    (values * weights).sum().backward()
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(mine.grad, theirs.grad)
+
+
+def test_bernoulli_kernel_passes_gradcheck():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(3, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(BernoulliLogProb.apply, (logits, x))
+
+
+def test_bernoulli_takes_half_precision_logits_in_float32():
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((2, 1, 3, 3), 0.5))
+    logits = torch.randn(2, 1, 3, 3).to(torch.bfloat16)
+    values = Bernoulli().log_prob(x, logits)
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, Bernoulli().log_prob(x, logits.float()))
 
 
 def test_gaussian_fixed_variance_by_hand():

@@ -6,10 +6,12 @@ the reconstruction term of the ELBO is in nats per example, every constant inclu
 """
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from vaelab.errors import ConfigError
 
@@ -38,15 +40,47 @@ def _sum_pixels(values: Tensor, event_dims: int = 3) -> Tensor:
     return values.flatten(start_dim=values.dim() - event_dims).sum(-1)
 
 
+class BernoulliLogProb(torch.autograd.Function):
+    """sum_d x_d l_d - softplus(l_d) over the pixels (C, H, W) of each example, for logits l and
+    data x broadcast to them, with softplus(l) = max(l, 0) + log(1 + exp(-|l|)); its gradient in
+    l is (x - sigmoid(l)) times the incoming one.
+
+    On a CPU, torch's binary_cross_entropy_with_logits and softplus take 2.8 to 4 times as long
+    forward and backward (log1p is not vectorised there; README, speed).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(logits, x)
+        softplus = logits.abs().neg_().exp_().add_(1).log_().add_(logits.relu())
+        return -_sum_pixels(torch.addcmul(softplus, x, logits, value=-1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor | None]:
+        logits, x = ctx.saved_tensors
+        grad = grad.reshape(*grad.shape, 1, 1, 1)
+        grad_logits = torch.sigmoid(logits).sub_(x).mul_(-grad)
+        grad_x = (logits * grad).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
+        return grad_logits, grad_x
+
+
 class Bernoulli(Likelihood):
     """Independent Bernoulli pixels; the decoder outputs logits.
 
     log p(x|z) = sum_d x_d log sigmoid(l_d) + (1 - x_d) log sigmoid(-l_d)
+               = sum_d x_d l_d - log(1 + exp(l_d))
+    On a CPU by BernoulliLogProb; elsewhere by torch's fused binary_cross_entropy_with_logits.
+    Half-precision logits are taken in float32, as autocast does for the latter.
     """
 
     discrete = True
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
+        if params.dtype in (torch.float16, torch.bfloat16):
+            params = params.float()
+        if params.device.type == "cpu":
+            return BernoulliLogProb.apply(params, x.to(params.dtype))
         return -_sum_pixels(
             F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
         )
