@@ -6,7 +6,7 @@ import torch
 from helpers import write_tiny_mnist
 from torchvision import datasets
 
-from vaelab.data.base import binarize
+from vaelab.data.base import binarize, draw_binary
 from vaelab.data.dsprites import DSpritesDataModule
 from vaelab.data.torchvision_sets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 from vaelab.errors import DatasetNotFoundError
@@ -47,6 +47,16 @@ def test_binarisation_draws_with_pixel_probability():
     images = torch.full((200, 1, 28, 28), 64, dtype=torch.uint8)
     draws = binarize(images, seed=0).float() / 255
     assert draws.mean().item() == pytest.approx(64 / 255, abs=0.01)
+
+
+def test_dynamic_draws_are_bernoulli_with_pixel_probability():
+    torch.manual_seed(0)
+    probabilities = torch.tensor([0.0, 1 / 255, 0.25, 0.5, 254 / 255, 1.0])
+    draws = draw_binary(probabilities.expand(200_000, 6).contiguous())
+    assert draws.dtype == torch.float32 and set(draws.unique().tolist()) <= {0.0, 1.0}
+    assert draws[:, 0].sum() == 0 and draws[:, -1].sum() == len(draws)
+    spread = (probabilities * (1 - probabilities) / len(draws)).sqrt()  # binomial std of a mean
+    assert ((draws.mean(0) - probabilities).abs() <= 5 * spread + 1e-7).all()
 
 
 def test_batches_reach_the_model_as_floats_in_unit_range(tiny_mnist):

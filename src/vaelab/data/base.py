@@ -59,6 +59,12 @@ def split_indices(num_items: int, fractions: dict[str, float], seed: int) -> dic
     return parts
 
 
+def draw_binary(probabilities: Tensor) -> Tensor:
+    """x ~ Bernoulli(probabilities) as floats 0 and 1: a uniform draw below each probability (to
+    2^-24), four times as fast as torch.bernoulli on a CPU (README, speed)."""
+    return torch.rand_like(probabilities).lt_(probabilities)
+
+
 def binarize(images: Tensor, seed: int) -> Tensor:
     """One fixed draw x ~ Bernoulli(pixel / 255), as uint8 0/255."""
     probabilities = images.float().div_(255)
@@ -262,7 +268,7 @@ class ImageDataModule(LightningDataModule):
                 self.progress = {"epoch": epoch, "batches": 0}
             self.progress["batches"] += 1
             if self.binarize == "dynamic":
-                x = torch.bernoulli(x)
+                x = draw_binary(x)
         return x, labels
 
     def example_images(self, split: str, count: int) -> Tensor:
