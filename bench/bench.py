@@ -74,6 +74,7 @@ BREAKDOWN = {  # workload: (preset as users run it, overrides)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", []),
     "burda16_vae_mnist_b20_s1": ("burda16_vae_mnist", ["model.steps_per_call=1"]),
     "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch, 10 steps a call
+    "sprites_conv_vae": ("sprites_conv_vae", []),
 }
 SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),
@@ -90,6 +91,13 @@ ADAM_VARIANTS = {
 def compose_preset(experiment: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", [f"experiment={experiment}", *overrides])
+
+
+def data_root(experiment: str, overrides: list[str], args: argparse.Namespace) -> list[str]:
+    """The overrides that read a downloaded dataset from --data-root (none for the sprites)."""
+    if "root" not in compose_preset(experiment, overrides).data:
+        return []
+    return [f"data.root={Path(args.data_root).resolve()}", "data.download=false"]
 
 
 def build_nets(
@@ -291,12 +299,7 @@ def compare_loops(make_nets: Callable[..., nn.Module], **loop_args) -> tuple[flo
 
 def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     experiment, overrides = EXPERIMENTS[name]
-    if "root" in compose_preset(experiment, overrides).data:
-        overrides = [
-            *overrides,
-            f"data.root={Path(args.data_root).resolve()}",
-            "data.download=false",
-        ]
+    overrides = [*overrides, *data_root(experiment, overrides, args)]
     cfg = compose_preset(experiment, overrides)
     steps = args.steps or cfg.trainer.max_steps
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
@@ -364,12 +367,8 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
 def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None:
     """vaelab's StepPhases in the preset as shipped beside hand_phases, ms per step."""
     experiment, overrides = BREAKDOWN[name]
-    overrides = [
-        *overrides,
-        f"data.root={Path(args.data_root).resolve()}",
-        "data.download=false",
-        "logger=csv",  # W&B could not reach its server here: its offline writer instead
-    ]
+    overrides = [*overrides, "logger=csv"]  # W&B could not reach its server here: CSV instead
+    overrides += data_root(experiment, overrides, args)
     cfg = compose_preset(experiment, overrides)
     steps = args.steps or 60
     datamodule = instantiate(cfg.data)
@@ -435,8 +434,7 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     plain loop's slope on the same nets, batch and training set; alternated, `repeats` times."""
     experiment, overrides, (short, long) = SLOPE[name]
     overrides = [*overrides, *args.override, "logger=csv", "test=false"]
-    if "root" in compose_preset(experiment, overrides).data:
-        overrides += [f"data.root={Path(args.data_root).resolve()}", "data.download=false"]
+    overrides += data_root(experiment, overrides, args)
     cfg = compose_preset(experiment, overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup()

@@ -58,8 +58,11 @@ def test_one_step_on_two_processes_equals_one_process_with_their_batch(tmp_path)
     # Adam's first step moves every parameter with a gradient by lr * g / (|g| + eps) ~ lr = 1e-3
     moved = max((one_step[k] - initial[k]).abs().max() for k in initial)
     assert moved == pytest.approx(1e-3, rel=1e-3)
-    for name in initial:  # float rounding of the gradient all-reduce, well below the step
-        torch.testing.assert_close(two_steps[name], one_step[name], rtol=0, atol=1e-6)
+    # float rounding of the gradient all-reduce, well below the step; a wrong shard flips the
+    # sign of some steps (2e-3). Where |g| is near Adam's eps = 1e-8 the step lr g / (|g| + eps)
+    # magnifies the rounding: 1.5e-6 on one of 131,072 weights on 2026-11-30's machine
+    for name in initial:
+        torch.testing.assert_close(two_steps[name], one_step[name], rtol=0, atol=1e-5)
 
     one_metrics = json.loads((one / "metrics.json").read_text())
     two_metrics = json.loads((two / "metrics.json").read_text())

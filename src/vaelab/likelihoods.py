@@ -71,7 +71,8 @@ class Bernoulli(Likelihood):
 
     log p(x|z) = sum_d x_d log sigmoid(l_d) + (1 - x_d) log sigmoid(-l_d)
                = sum_d x_d l_d - log(1 + exp(l_d))
-    On a CPU by BernoulliLogProb; elsewhere by torch's fused binary_cross_entropy_with_logits.
+    On a CPU by BernoulliLogProb; elsewhere, and inside torch.compile (whose fused kernel does
+    as well), by torch's fused binary_cross_entropy_with_logits.
     Half-precision logits are taken in float32, as autocast does for the latter.
     """
 
@@ -80,7 +81,7 @@ class Bernoulli(Likelihood):
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         if params.dtype in (torch.float16, torch.bfloat16):
             params = params.float()
-        if params.device.type == "cpu":
+        if params.device.type == "cpu" and not torch.compiler.is_compiling():
             return BernoulliLogProb.apply(params, x.to(params.dtype))
         return -_sum_pixels(
             F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")

@@ -72,6 +72,7 @@ from vaelab.priors.normal import NormalPrior
 TERMS = ("elbo", "reconstruction", "kl", "bits_per_dim")
 STAGES = ("val", "test")
 OBJECTIVES = ("elbo", "iwae", "beta_tcvae", "dip_vae")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def iwae_bound(log_weights: Tensor) -> Tensor:
@@ -110,6 +111,7 @@ class VAE(LightningModule):
         dip_type: str = "i",
         lambda_od: float = 10.0,
         compile: bool = False,
+        compile_step: str | None = None,
         steps_per_call: int = 1,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
@@ -132,6 +134,8 @@ class VAE(LightningModule):
                 f"model.steps_per_call > 1 runs the VAE's own training step, and "
                 f"{type(self).__name__} has its own: set model.steps_per_call=1"
             )
+        if compile_step is not None:
+            check_compile_step(compile_step, compile, stochastic, type(self))
         if objective == "iwae" and (free_bits > 0 or not stochastic):
             raise ConfigError(
                 "model.objective=iwae needs a stochastic encoder and no free bits (the IWAE bound "
@@ -168,6 +172,7 @@ class VAE(LightningModule):
             objective=objective,
             free_bits=free_bits,
             steps_per_call=steps_per_call,
+            compile_step=compile_step,
             **objective_settings,
         )
         # several steps a call: the optimizer is stepped here, not by Lightning (training_step)
@@ -195,6 +200,8 @@ class VAE(LightningModule):
         if compile:  # in place: parameter names, and so checkpoints, stay those of the plain nets
             self.encoder.compile()
             self.decoder.compile()
+        if compile_step is not None:  # in place too: the training step's forward, as one graph
+            self.compile(mode=compile_step, dynamic=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_dims = math.prod(self.image_shape)
@@ -308,18 +315,28 @@ class VAE(LightningModule):
         A deterministic autoencoder has one "draw", z = its `code` (batch, latent_dim), with
         ratio and KL zero.
         """
-        q = self.encode(x)
-        if q.log_var is None:
-            log_likelihood = self.likelihood.log_prob(x, self.decode(q.mean))[None]
-            return {
-                "log_likelihood": log_likelihood,
-                "log_prior_ratio": torch.zeros_like(log_likelihood),
-                "kl": torch.zeros_like(log_likelihood[0]),
-                "kl_per_dim": torch.zeros_like(q.mean),
-                "code": q.mean,
-            }
+        if self.stochastic:
+            return self.forward(x, self.noise(x, num_samples))
+        code = self.encode(x).mean
+        log_likelihood = self.likelihood.log_prob(x, self.decode(code))[None]
+        return {
+            "log_likelihood": log_likelihood,
+            "log_prior_ratio": torch.zeros_like(log_likelihood),
+            "kl": torch.zeros_like(log_likelihood[0]),
+            "kl_per_dim": torch.zeros_like(code),
+            "code": code,
+        }
+
+    def noise(self, x: Tensor, num_samples: int | None = None) -> Tensor:
+        """eps ~ N(0, I) (samples, batch, noise_dim), the noise behind draws z ~ q(z|x)."""
         shape = (num_samples or self.num_samples, len(x), self.noise_dim)
-        eps = torch.randn(shape, device=x.device)
+        return torch.randn(shape, device=x.device)
+
+    def forward(self, x: Tensor, eps: Tensor) -> dict[str, Tensor | None]:
+        """`draw` of a stochastic model for the noise eps: encoder, draws, decoder, log-densities
+        and KL, the graph that model.compile_step compiles (the noise is drawn outside it, so
+        compiled and eager steps take the same eps from the same generator)."""
+        q = self.encode(x)
         weighed = self.weigh(x, q, eps.to(q.mean.dtype))
         kl, kl_per_dim = self.kl_terms(q, weighed)
         return {
@@ -449,8 +466,14 @@ class VAE(LightningModule):
         return torch.stack(losses).mean()
 
     def step_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """The loss of one optimizer step, logged on logging steps."""
-        draws = self.draw(self.observed(batch))
+        """The loss of one optimizer step, logged on logging steps. With model.compile_step the
+        draws come from the compiled forward (`self(x, eps)`); evaluation stays eager."""
+        x = self.observed(batch)
+        if self.compile_step is None:
+            draws = self.draw(x)
+        else:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done
+            draws = self(x, self.noise(x))
         kl_weight = self.kl_weight_at(self.global_step)
         loss = self.training_loss(draws, kl_weight)
         if not self.logs_this_step():
@@ -504,3 +527,21 @@ class VAE(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+def check_compile_step(mode: str, compile: bool, stochastic: bool, model: type) -> None:
+    """A clear error for a model.compile_step the training step cannot take."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"model.compile_step must be null or one of {COMPILE_MODES}, got {mode!r}"
+        )
+    if compile:
+        raise ConfigError(
+            "model.compile compiles the nets and model.compile_step the whole training draw that "
+            "holds them: set one of the two"
+        )
+    if not stochastic or model.training_step is not VAE.training_step:
+        raise ConfigError(
+            f"model.compile_step compiles the VAE's own training draw, which {model.__name__} "
+            "does not use: set model.compile_step=null (model.compile=true compiles its nets)"
+        )

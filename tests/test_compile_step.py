@@ -1,0 +1,73 @@
+"""model.compile_step: the training step's draw compiled as one graph (CUDA graphs on a GPU with
+mode reduce-overhead) trains as the eager step does, to float rounding."""
+
+import pytest
+import torch
+from helpers import make_cfg
+from torch._dynamo.utils import counters
+
+from vaelab.errors import ConfigError, user_error
+from vaelab.likelihoods import Bernoulli
+from vaelab.nets.mlp import MLPDecoder, MLPEncoder
+from vaelab.train import prepare, train
+from vaelab.vae import VAE
+
+TINY = [
+    *("data=sprites", "data.size=60", "data.batch_size=9", "data.eval_batch_size=9"),
+    *("model=mlp_vae", "model.latent_dim=3", "model.kl_warmup_steps=4", "trainer.max_epochs=2"),
+    *("test=false", "eval.plausibility_samples=0", "model.steps_per_call=2"),
+]
+
+
+def make(mode: str | None) -> VAE:
+    torch.manual_seed(0)
+    return VAE(MLPEncoder, MLPDecoder, Bernoulli(), (1, 28, 28), latent_dim=4, compile_step=mode)
+
+
+@pytest.mark.slow
+def test_a_compiled_step_gives_the_eager_loss_and_gradients():
+    plain, compiled = make(None), make("reduce-overhead")
+    graphs = counters["stats"]["unique_graphs"]
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints load either way
+    x = torch.rand(16, 1, 28, 28).bernoulli()
+    losses = []
+    for model in (plain, compiled):
+        torch.manual_seed(1)  # the same eps, drawn outside the compiled graph
+        losses.append(model.step_loss((x, torch.zeros(16))))
+        losses[-1].backward()
+    assert counters["stats"]["unique_graphs"] > graphs  # the compiled model ran a graph
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=0)
+    for (name, a), b in zip(plain.named_parameters(), compiled.parameters(), strict=True):
+        assert a.grad.abs().max() > 0, name
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_training_with_a_compiled_step_follows_the_eager_run(tmp_path):
+    """Two epochs through train.py, two steps a call and a last partial batch (another shape)."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["model.compile_step=reduce-overhead"])):
+        metrics = train(make_cfg(tmp_path / name, [*TINY, *extra]))
+        state = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+        runs[name] = metrics, state["state_dict"]
+    (eager, eager_state), (compiled, compiled_state) = runs["eager"], runs["compiled"]
+    assert compiled["global_step"] == eager["global_step"] == 12  # 6 batches of 9 (the last 3)
+    assert compiled["val/elbo"] == pytest.approx(eager["val/elbo"], rel=1e-4)
+    for name, value in eager_state.items():
+        torch.testing.assert_close(compiled_state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.compile_step=fast"], "model.compile_step must be null or one of"),
+        (["model.compile_step=default", "model.compile=true"], "set one of the two"),
+        (["model=ae", "model.compile_step=default"], "which VAE does not use"),
+        (["model=vq_vae", "+model.compile_step=default"], "which VQVAE does not use"),
+    ],
+)
+def test_a_step_that_cannot_be_compiled_says_so(tmp_path, overrides, message):
+    with pytest.raises(Exception) as raised:
+        prepare(make_cfg(tmp_path, [*TINY[:4], *overrides]))
+    error = user_error(raised.value)
+    assert isinstance(error, ConfigError) and message in str(error)
