@@ -213,12 +213,15 @@ def test_ctrl_c_saves_a_checkpoint_after_the_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_mid_epoch_and_resume_gives_the_same_run(tmp_path):
-    """A deterministic CPU run stopped mid-epoch by SIGTERM and resumed ends as if never stopped."""
-    killed, _ = kill_mid_epoch(tmp_path / "killed", signal.SIGTERM)
-    resumed = run_train(tmp_path / "resumed", *KILL, f"ckpt_path={killed.parent.parent}")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_mid_epoch_and_resume_gives_the_same_run(tmp_path, workers):
+    """A deterministic CPU run stopped mid-epoch by SIGTERM and resumed ends as if never stopped,
+    with the batches loaded in the main process or by worker processes (which fetch ahead)."""
+    overrides = [*KILL, f"data.num_workers={workers}"]
+    killed, _ = kill_mid_epoch(tmp_path / "killed", signal.SIGTERM, overrides)
+    resumed = run_train(tmp_path / "resumed", *overrides, f"ckpt_path={killed.parent.parent}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole = run_train(tmp_path / "whole", *KILL)
+    whole = run_train(tmp_path / "whole", *overrides)
     assert whole.returncode == 0, whole.stderr[-3000:]
     resumed_metrics = json.loads((run_folder(tmp_path / "resumed") / "metrics.json").read_text())
     whole_metrics = json.loads((run_folder(tmp_path / "whole") / "metrics.json").read_text())
@@ -268,14 +271,17 @@ def test_ddp_kill_mid_epoch_and_resume_gives_the_same_run(tmp_path):
     assert resumed_metrics == whole_metrics
 
 
-@pytest.mark.parametrize("model", ["mlp_vae", "vq_vae"])
-def test_resume_from_the_end_of_an_epoch_gives_the_same_run(model, tmp_path):
+@pytest.mark.parametrize("model, workers", [("mlp_vae", 0), ("vq_vae", 0), ("mlp_vae", 2)])
+def test_resume_from_the_end_of_an_epoch_gives_the_same_run(model, workers, tmp_path):
     """2 epochs, then 1 more from the last.ckpt validation wrote, equals 3 epochs in one go.
 
     The resumed run makes its first data iterator before its generators are restored: the
     iterator must not draw from the global stream (it did, so the runs parted at the first step).
+    Worker processes fetch ahead as that iterator is made, before Lightning sets the sampler's
+    epoch: the sampler must start at the resumed epoch (it drew epoch 0's order).
     """
     overrides = [*TINY, f"model={model}", "trainer.deterministic=true", "~callbacks.latent_images"]
+    overrides.append(f"data.num_workers={workers}")
     train(make_cfg(tmp_path / "first", overrides))
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     train(make_cfg(tmp_path / "resumed", [*overrides, "trainer.max_epochs=3", f"ckpt_path={last}"]))

@@ -212,6 +212,10 @@ class ImageDataModule(LightningDataModule):
             start=start,
             batch_size=self.batch_size,
         )
+        if shuffle and trainer is not None:
+            # worker processes fetch ahead when the iterator is made, which Lightning does before
+            # it sets the sampler's epoch: a resumed run's workers would draw epoch 0's order
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         on_gpu = isinstance(dataset, InMemoryImages) and dataset.images.is_cuda
         num_workers = 0 if on_gpu else self.num_workers  # workers cannot share CUDA tensors
         return DataLoader(
