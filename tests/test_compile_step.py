@@ -45,9 +45,10 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients():
 @pytest.mark.slow
 def test_training_with_a_compiled_step_follows_the_eager_run(tmp_path):
     """Two epochs through train.py, two steps a call and a last partial batch (another shape)."""
-    runs = {}
+    runs, graphs = {}, counters["stats"]["unique_graphs"]
     for name, extra in (("eager", []), ("compiled", ["model.compile_step=reduce-overhead"])):
         metrics = train(make_cfg(tmp_path / name, [*TINY, *extra]))
+        assert (counters["stats"]["unique_graphs"] > graphs) == (name == "compiled")
         state = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
         runs[name] = metrics, state["state_dict"]
     (eager, eager_state), (compiled, compiled_state) = runs["eager"], runs["compiled"]
@@ -64,6 +65,10 @@ def test_training_with_a_compiled_step_follows_the_eager_run(tmp_path):
         (["model.compile_step=default", "model.compile=true"], "set one of the two"),
         (["model=ae", "model.compile_step=default"], "which VAE does not use"),
         (["model=vq_vae", "+model.compile_step=default"], "which VQVAE does not use"),
+        (
+            ["model.compile_step=reduce-overhead", "+trainer.accumulate_grad_batches=2"],
+            "cannot accumulate gradients",
+        ),
     ],
 )
 def test_a_step_that_cannot_be_compiled_says_so(tmp_path, overrides, message):

@@ -31,7 +31,11 @@ from vaelab.disentanglement.report import check_factors
 from vaelab.errors import ConfigError, VaelabError, user_error
 from vaelab.evaluate import evaluate_after_test
 from vaelab.loggers import make_loggers
-from vaelab.preflight import check_devices, check_trainer_for_steps_per_call
+from vaelab.preflight import (
+    check_devices,
+    check_trainer_for_compile_step,
+    check_trainer_for_steps_per_call,
+)
 from vaelab.requeue import follow_requeue
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ def prepare(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, 
     check_devices(cfg.trainer)
     datamodule, model = build(cfg)
     check_trainer_for_steps_per_call(cfg.trainer, getattr(model, "steps_per_call", 1))
+    check_trainer_for_compile_step(cfg.trainer, getattr(model, "compile_step", None))
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), cfg.paths.log_dir)
     if ckpt_path:
         check_steps_per_call(check_checkpoint(ckpt_path, model), model)
