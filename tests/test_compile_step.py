@@ -6,6 +6,7 @@ import torch
 from helpers import make_cfg
 from torch._dynamo.utils import counters
 
+from vaelab.components import build
 from vaelab.errors import ConfigError, user_error
 from vaelab.likelihoods import Bernoulli
 from vaelab.nets.mlp import MLPDecoder, MLPEncoder
@@ -40,6 +41,28 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients():
     for (name, a), b in zip(plain.named_parameters(), compiled.parameters(), strict=True):
         assert a.grad.abs().max() > 0, name
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["hvae2", "iaf_vae", "vamp_vae"])
+def test_family_members_compile_to_their_eager_step(tmp_path, model):
+    """Two stochastic layers, an inverse autoregressive flow and a VampPrior (whose log p(z)
+    encodes its pseudo-inputs) inside the compiled graph."""
+    results, graphs = [], counters["stats"]["unique_graphs"]
+    for extra in ([], ["model.compile_step=reduce-overhead"]):
+        torch.manual_seed(0)
+        datamodule, vae = build(make_cfg(tmp_path, [*TINY[:4], f"model={model}", *extra]))
+        datamodule.setup()
+        x = datamodule.datasets["train"].images[:8].float() / 255
+        torch.manual_seed(1)
+        loss = vae.step_loss((x, None))
+        loss.backward()
+        results.append((loss, {name: p.grad for name, p in vae.named_parameters()}))
+    assert counters["stats"]["unique_graphs"] > graphs
+    (loss, grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
