@@ -1,6 +1,5 @@
 # Quick start: `make train` trains the default experiment, `make test` runs the test suite.
-# Both create .venv and install the pinned dependencies the first time (a second call skips it);
-# --no-compile leaves byte-compiling to the first import of each module (55 s less install here).
+# Both create .venv and install the pinned dependencies the first time (a second call skips it).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # make train's preset (conf/experiment/); `make train EXPERIMENT=` trains plain train.py
