@@ -104,12 +104,13 @@ def check_trainer_for_steps_per_call(trainer_cfg: DictConfig, steps_per_call: in
         )
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # of vaelab.vae.COMPILE_MODES
+
+
 def check_trainer_for_compile_step(trainer_cfg: DictConfig, compile_step: str | None) -> None:
     """ConfigError for gradient accumulation with a step replayed as CUDA graphs, whose next
     replay would overwrite the gradients the last one left in the graph's memory."""
-    if compile_step in ("reduce-overhead", "max-autotune") and (
-        trainer_cfg.get("accumulate_grad_batches", 1) != 1
-    ):
+    if compile_step in CUDA_GRAPH_MODES and (trainer_cfg.get("accumulate_grad_batches", 1) != 1):
         raise ConfigError(
             f"model.compile_step={compile_step} replays the step as CUDA graphs, which cannot "
             "accumulate gradients: set trainer.accumulate_grad_batches=1 or "
