@@ -1,5 +1,7 @@
 # Quick start: `make train` trains the default experiment, `make test` runs the test suite.
 # Both create .venv and install the pinned dependencies the first time (a second call skips it).
+# pip's one-by-one byte-compiling is replaced by compileall on every core (the install took 61 + 27 s
+# against 107 s here); like pip, it leaves aside the files this Python cannot compile (torch has one).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +15,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 # make train's preset (conf/experiment/); `make train EXPERIMENT=` trains plain train.py
