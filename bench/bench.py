@@ -81,6 +81,7 @@ SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts 
     "burda16_vae_mnist_b20": ("burda16_vae_mnist", [], (5, 15)),  # batch 20, validation every 5
     "sprites_conv_vae": ("sprites_conv_vae", [], (1, 3)),  # 90,000 training sprites: 51 s an epoch
 }
+CPU_KERNELS = ("channels_last", "native_output")  # the conv nets' options a hand-written loop lacks
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},
@@ -104,13 +105,14 @@ def build_nets(
     cfg: DictConfig, image_shape: tuple[int, ...], device: torch.device, by_hand: bool = False
 ) -> nn.Module:
     """The preset's encoder and decoder, initialised from seed 0; `by_hand`: in PyTorch's
-    default memory format, as a hand-written loop has them (vaelab's conv nets: channels-last)."""
+    default memory format and with torch's transposed convs, as a hand-written loop has them
+    (vaelab's conv nets: channels-last, and PyTorch's own kernel for a one-channel output layer)."""
     torch.manual_seed(0)
     latent_dim = cfg.model.latent_dim
     nets = {"encoder": cfg.model.encoder, "decoder": cfg.model.decoder}
     if by_hand:
         nets = {
-            k: {**net, "channels_last": False} if "channels_last" in net else net
+            k: {**net, **{key: False for key in CPU_KERNELS if key in net}}
             for k, net in nets.items()
         }
     encoder = instantiate(nets["encoder"])(image_shape, 2 * latent_dim)

@@ -1,13 +1,15 @@
-"""The conv nets' channels-last default computes what the default memory format does."""
+"""The conv nets' CPU kernels (channels-last, the native output layer) compute what PyTorch's
+defaults do."""
 
 import copy
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaelab.checkpoints import match_state_layouts
-from vaelab.nets.conv import ConvDecoder, ConvEncoder
+from vaelab.nets.conv import ConvDecoder, ConvEncoder, NativeConvTranspose2d
 from vaelab.nets.locatello import LocatelloDecoder, LocatelloEncoder
 
 NETS = [(ConvEncoder, ConvDecoder, (1, 64, 64)), (ConvEncoder, ConvDecoder, (3, 32, 32))]
@@ -71,3 +73,53 @@ def test_adam_moments_saved_in_the_other_layout_follow_their_weights():
     adam_step(plain, reference, x)
     torch.testing.assert_close(resumed[1], plain.weight.detach(), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(resumed[0], plain.weight.detach(), atol=1e-3)  # without it
+
+
+class OpsSeen(TorchDispatchMode):
+    """Records the ATen ops that run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_native_output_layer_computes_torchs_transposed_conv(channels_last):
+    """Its forward is PyTorch's own kernel, its values and gradients nn.ConvTranspose2d's."""
+    torch.manual_seed(0)
+    native, plain = NativeConvTranspose2d(32, 1, 4, 2, 1), nn.ConvTranspose2d(32, 1, 4, 2, 1)
+    plain.load_state_dict(native.state_dict())
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(6, 32, 16, 16).contiguous(memory_format=layout)
+    inputs = [x.clone().requires_grad_() for _ in range(2)]
+    grad = torch.randn(6, 1, 32, 32)
+    with OpsSeen() as seen:
+        out = native(inputs[0])
+    assert "slow_conv_transpose2d" in seen.ops and "convolution" not in seen.ops
+    expected = plain(inputs[1])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    for output in (out, expected):
+        output.backward(grad)
+    torch.testing.assert_close(inputs[0].grad, inputs[1].grad, rtol=1e-5, atol=1e-6)
+    for a, b in zip(native.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", [ConvDecoder, LocatelloDecoder])
+def test_decoders_take_the_native_layer_for_one_channel_only(decoder):
+    """One output channel: the native layer, unless native_output=false; three: torch's. The
+    parameter names stay, so checkpoints load across the setting."""
+    last = {}
+    for channels, native in ((1, True), (1, False), (3, True)):
+        net = decoder(4, (channels, 64, 64), native_output=native)
+        last[channels, native] = [m for m in net.modules() if isinstance(m, nn.ConvTranspose2d)][-1]
+        if channels == 1:
+            names = sorted(net.state_dict())
+            assert names == sorted(decoder(4, (1, 64, 64), native_output=not native).state_dict())
+    assert type(last[1, True]) is NativeConvTranspose2d
+    assert type(last[1, False]) is nn.ConvTranspose2d
+    assert type(last[3, True]) is nn.ConvTranspose2d
