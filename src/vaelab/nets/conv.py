@@ -46,7 +46,7 @@ class NativeConvTranspose2d(nn.ConvTranspose2d):
     oneDNN's; the same parameters, so checkpoints load either way."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        if x.device.type != "cpu" or output_size is not None:
+        if output_size is not None or not self.native_fits(x):
             return super().forward(x, output_size)
         return torch.ops.aten.slow_conv_transpose2d(
             x,
@@ -57,6 +57,17 @@ class NativeConvTranspose2d(nn.ConvTranspose2d):
             self.padding,
             self.output_padding,
             self.dilation,
+        )
+
+    def native_fits(self, x: Tensor) -> bool:
+        """The cases PyTorch's kernel takes as torch's layer would: a batch of images on a CPU,
+        in the weights' dtype (not under autocast), one group."""
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and x.dtype == self.weight.dtype
+            and not torch.is_autocast_enabled("cpu")
+            and self.groups == 1
         )
 
 
