@@ -1,9 +1,10 @@
 # Quick start: `make train` trains the default experiment, `make test` runs the test suite.
 # Both create .venv and install the pinned dependencies the first time (a second call skips it).
-# pip does not byte-compile the 6 GB it installs (--no-compile: 61 to 79 s against 107 s here, and
-# compileall on both cores took 27 to 35 s more); each module is compiled when first imported, and
-# Python keeps that bytecode: the recipes run without PYTHONDONTWRITEBYTECODE, which some machines
-# set and which would make every process compile torch's modules again.
+# pip does not byte-compile the 6 GB it installs (here the whole install took 107 s with it, 86 and
+# 89 s without; compileall over the venv on both cores would add 27 to 35 s); each module is
+# compiled when first imported, and Python keeps that bytecode: the recipes run without
+# PYTHONDONTWRITEBYTECODE, which some machines set and which would make every process compile
+# torch's modules again.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
