@@ -79,7 +79,7 @@ BREAKDOWN = {  # workload: (preset as users run it, overrides)
 SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),
     "burda16_vae_mnist_b20": ("burda16_vae_mnist", [], (5, 15)),  # batch 20, validation every 5
-    "sprites_conv_vae": ("sprites_conv_vae", [], (1, 3)),  # 90,000 training sprites: 51 s an epoch
+    "sprites_conv_vae": ("sprites_conv_vae", [], (1, 3)),  # 90,000 training sprites an epoch
 }
 CPU_KERNELS = ("channels_last", "native_output")  # the conv nets' options a hand-written loop lacks
 ADAM_VARIANTS = {

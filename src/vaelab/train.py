@@ -100,6 +100,8 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; return the final metrics."""
+    # First: torch's worker threads copy the calling thread's setting when they start.
+    torch.set_flush_denormal(cfg.get("flush_denormal", True))
     quiet_lightning()
     drop_nvml_check_without_gpu()
     follow_requeue(cfg)
