@@ -1,6 +1,7 @@
-"""flush_denormal: subnormal floats (below 1.2e-38) read and written as zero on a CPU."""
+"""flush_denormal: subnormal floats (below 1.2e-38 in float32) read and written as zero on a CPU."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -28,22 +29,26 @@ class Probe(Callback):
 '''
 
 
+def half_of_smallest_normal() -> float:
+    """Half the smallest normal float32, computed on this (the main) thread: 0 when flushed."""
+    return (torch.tensor([SMALLEST_NORMAL]) * 0.5).item()
+
+
 @pytest.mark.parametrize("flush", [True, False])
 def test_train_sets_the_flush_as_configured(flush, tmp_path):
-    try:
-        train(make_cfg(tmp_path, ["debug=fdr", *TINY_SPRITES, f"flush_denormal={flush}"]))
-        half = (torch.tensor([SMALLEST_NORMAL]) * 0.5).item()  # on this (the main) thread
-    finally:
-        torch.set_flush_denormal(False)
-    assert half == (0.0 if flush else SMALLEST_NORMAL / 2)
+    torch.set_flush_denormal(not flush)  # (conftest puts torch's default back after the test)
+    train(make_cfg(tmp_path, ["debug=fdr", *TINY_SPRITES, f"flush_denormal={flush}"]))
+    assert half_of_smallest_normal() == (0.0 if flush else SMALLEST_NORMAL / 2)
 
 
 def test_every_thread_of_train_py_flushes(tmp_path, monkeypatch):
     """train.py sets the flush before torch starts its worker threads, which copy it: none of
     the 2**20 halves, which every thread computes a share of, survives (it fails if anything
     in the start-up, e.g. rendering the sprites, ran a parallel op first)."""
-    (tmp_path / "probe.py").write_text(PROBE)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    (tmp_path / "vaelab_thread_probe.py").write_text(PROBE)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    )
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     path = tmp_path / "probe.json"
     result = run_train(
@@ -51,7 +56,7 @@ def test_every_thread_of_train_py_flushes(tmp_path, monkeypatch):
         "debug=fdr",
         *TINY_SPRITES,
         "logger=csv",
-        "+callbacks.probe._target_=probe.Probe",
+        "+callbacks.probe._target_=vaelab_thread_probe.Probe",
         f"+callbacks.probe.path={path}",
     )
     assert result.returncode == 0, result.stderr[-2000:]

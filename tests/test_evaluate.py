@@ -72,6 +72,17 @@ def mnist_run(tmp_path_factory) -> tuple[Path, Path]:
     return tmp / "run" / "checkpoints" / "last.ckpt", tmp / "moved"
 
 
+@pytest.mark.parametrize("flush", [True, False])
+def test_evaluate_py_sets_the_flush_as_configured(flush, trained_checkpoint, tmp_path):
+    torch.set_flush_denormal(not flush)  # (conftest puts torch's default back after the test)
+    options = ["eval.num_importance_samples=2", "eval.plausibility_samples=0"]
+    main(
+        eval_cfg(tmp_path, [f"ckpt_path={trained_checkpoint}", *options, f"flush_denormal={flush}"])
+    )
+    smallest = torch.finfo(torch.float32).tiny
+    assert (torch.tensor([smallest]) * 0.5).item() == (0.0 if flush else smallest / 2)
+
+
 def test_evaluate_py_rebuilds_the_run_and_writes_metrics(trained_checkpoint, tmp_path, capsys):
     ckpt = trained_checkpoint
     out = tmp_path / "eval"

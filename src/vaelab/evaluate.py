@@ -40,6 +40,7 @@ from vaelab.metrics import (
     importance_weighted_estimate,
 )
 from vaelab.plausibility import regularity
+from vaelab.subnormals import flush_subnormals
 from vaelab.vae import VAE
 
 RUN_GROUPS = ("data", "model")
@@ -309,6 +310,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def main(cfg: DictConfig) -> dict[str, float]:
     """The entry point evaluate.py calls: user errors become one line and exit code 1."""
+    flush_subnormals(bool(cfg.get("flush_denormal", True)))  # first: see its docstring
     try:
         return run(cfg)
     except Exception as error:

@@ -37,6 +37,7 @@ from vaelab.preflight import (
     check_trainer_for_steps_per_call,
 )
 from vaelab.requeue import follow_requeue
+from vaelab.subnormals import flush_subnormals
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; return the final metrics."""
-    # First: torch's worker threads copy the calling thread's setting when they start.
-    torch.set_flush_denormal(cfg.get("flush_denormal", True))
+    flush_subnormals(bool(cfg.get("flush_denormal", True)))  # first: see its docstring
     quiet_lightning()
     drop_nvml_check_without_gpu()
     follow_requeue(cfg)
