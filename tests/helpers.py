@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# 120 sprites, batches of 8: a run of any model in seconds
+TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 
 
 def make_cfg(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
@@ -82,3 +84,9 @@ def logged_training_step(model, x: torch.Tensor, seed: int) -> tuple[torch.Tenso
     model.log = lambda name, value, **kwargs: logged.update({name: value})
     torch.manual_seed(seed)
     return model.training_step((x, None), 0), logged
+
+
+def half_of_smallest_normal() -> float:
+    """Half the smallest normal float32, computed on this (the main) thread: 0 when subnormals
+    are flushed (flush_denormal), a subnormal otherwise."""
+    return (torch.tensor([torch.finfo(torch.float32).tiny]) * 0.5).item()

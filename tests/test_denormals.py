@@ -5,14 +5,13 @@ import os
 
 import pytest
 import torch
-from helpers import make_cfg, run_train
+from helpers import TINY_SPRITES, half_of_smallest_normal, make_cfg, run_train
 
 from vaelab.train import train
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
 PROBE = '''
-import json, sys, torch
+import json, torch
 from lightning.pytorch import Callback
 
 class Probe(Callback):
@@ -27,11 +26,6 @@ class Probe(Callback):
         with open(self.path, "w") as file:
             json.dump({"threads": torch.get_num_threads(), "kept": int((halves != 0).sum())}, file)
 '''
-
-
-def half_of_smallest_normal() -> float:
-    """Half the smallest normal float32, computed on this (the main) thread: 0 when flushed."""
-    return (torch.tensor([SMALLEST_NORMAL]) * 0.5).item()
 
 
 @pytest.mark.parametrize("flush", [True, False])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg, mnist_overrides, write_tiny_mnist
+from helpers import TINY_SPRITES, make_cfg, mnist_overrides, write_tiny_mnist
 
 from vaelab.components import build
 from vaelab.data.dsprites import DSpritesDataModule
@@ -32,7 +32,6 @@ from vaelab.disentanglement.report import (
 from vaelab.errors import ConfigError
 from vaelab.train import train
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 SIZES = (3, 5, 4)
 NAMES = {
     *("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness"),

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import logged_training_step, make_cfg
+from helpers import TINY_SPRITES, logged_training_step, make_cfg
 from hydra.utils import instantiate
 
 from vaelab.errors import ConfigError, user_error
@@ -17,8 +17,6 @@ from vaelab.nets.mlp import MLPDecoder, MLPEncoder
 from vaelab.objectives import kl_decomposition, log_importance_weights
 from vaelab.train import train
 from vaelab.vae import VAE
-
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 
 
 def make_vae(latent_dim: int = 2, **kwargs) -> VAE:

@@ -6,7 +6,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import ROOT, make_cfg, run_python, write_tiny_mnist
+from helpers import (
+    ROOT,
+    TINY_SPRITES,
+    half_of_smallest_normal,
+    make_cfg,
+    run_python,
+    write_tiny_mnist,
+)
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import CSVLogger
 from linear_gaussian import exact_elbo, exact_log_likelihood, linear_gaussian_vae, sample_data
@@ -20,7 +27,6 @@ from vaelab.likelihoods import Gaussian
 from vaelab.pca import PCA
 from vaelab.train import build, train
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 SPEC = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
 SCRIPT = importlib.util.module_from_spec(SPEC)  # the top-level evaluate.py
 SPEC.loader.exec_module(SCRIPT)
@@ -80,7 +86,7 @@ def test_evaluate_py_sets_the_flush_as_configured(flush, trained_checkpoint, tmp
         eval_cfg(tmp_path, [f"ckpt_path={trained_checkpoint}", *options, f"flush_denormal={flush}"])
     )
     smallest = torch.finfo(torch.float32).tiny
-    assert (torch.tensor([smallest]) * 0.5).item() == (0.0 if flush else smallest / 2)
+    assert half_of_smallest_normal() == (0.0 if flush else smallest / 2)
 
 
 def test_evaluate_py_rebuilds_the_run_and_writes_metrics(trained_checkpoint, tmp_path, capsys):

@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-from helpers import make_cfg
+from helpers import TINY_SPRITES, make_cfg
 
 from vaelab.components import build
 from vaelab.errors import ConfigError, user_error
 from vaelab.objectives import density_ratio_tc, discriminator_loss, permute_dims
 from vaelab.train import train
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 SMALL = [
     "model=factor_vae",
     "model.latent_dim=3",

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import make_cfg
+from helpers import TINY_SPRITES, make_cfg
 from torch import distributions as D
 
 from vaelab.evaluate import evaluate
@@ -21,7 +21,6 @@ from vaelab.priors.normal import NormalPrior
 from vaelab.train import train
 from vaelab.vae import VAE
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 SHAPE = (1, 28, 28)
 
 

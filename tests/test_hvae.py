@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, make_cfg
+from helpers import ROOT, TINY_SPRITES, make_cfg
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -24,7 +24,6 @@ from vaelab.nets.mlp import MLPDecoder, MLPEncoder
 from vaelab.posteriors.iaf import IAFPosterior
 from vaelab.train import train
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 TINY_HVAE = [
     "model=hvae2",
     "model.latent_dim=3",

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import make_cfg
+from helpers import TINY_SPRITES, make_cfg
 from PIL import Image
 from torch import Tensor, nn
 from torch.distributions import Normal
@@ -16,7 +16,6 @@ from vaelab.likelihoods import Bernoulli
 from vaelab.train import train
 from vaelab.vae import VAE
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 SCALES = torch.tensor([0.0, 2.0, 0.1, 3.0, 0.5])  # code mean_j = SCALES_j * (first pixel)
 LOG_VARS = torch.tensor([3.0, 0.0, 0.0, 0.0, 0.0])  # dimension 0: constant mean, wide q
 

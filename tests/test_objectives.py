@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from helpers import logged_training_step, make_cfg
+from helpers import TINY_SPRITES, logged_training_step, make_cfg
 from hydra.utils import instantiate
 
 from vaelab.errors import ConfigError
@@ -14,7 +14,6 @@ from vaelab.schedules import GeometricStagesLR
 from vaelab.train import train
 from vaelab.vae import VAE
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 PRESETS = ("burda16_vae_mnist", "burda16_iwae_k50_mnist")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_cfg, mnist_overrides, run_train, write_tiny_mnist
+from helpers import TINY_SPRITES, make_cfg, mnist_overrides, run_train, write_tiny_mnist
 from PIL import Image
 from torchvision import datasets
 
@@ -19,7 +19,6 @@ from vaelab.loggers import make_loggers, wandb_offline_reason
 from vaelab.train import finish_wandb, train
 from vaelab.vae import VAE
 
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 PICTURES = ("samples", "reconstructions", "interpolations", "traversals")
 
 

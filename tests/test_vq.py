@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, make_cfg
+from helpers import ROOT, TINY_SPRITES, make_cfg
 from hydra import compose, initialize_config_dir
 
 from vaelab.components import build
@@ -15,8 +15,6 @@ from vaelab.likelihoods import Bernoulli
 from vaelab.nets.mlp import MLPDecoder, MLPEncoder
 from vaelab.train import train
 from vaelab.vq import VQVAE, CodebookPerplexity, perplexity
-
-TINY_SPRITES = ["data=sprites", "data.size=120", "data.batch_size=8", "data.eval_batch_size=8"]
 
 
 def make_vq(**kwargs) -> VQVAE:

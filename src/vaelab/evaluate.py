@@ -310,7 +310,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def main(cfg: DictConfig) -> dict[str, float]:
     """The entry point evaluate.py calls: user errors become one line and exit code 1."""
-    flush_subnormals(bool(cfg.get("flush_denormal", True)))  # first: see its docstring
+    flush_subnormals(cfg)  # first: see its docstring
     try:
         return run(cfg)
     except Exception as error:

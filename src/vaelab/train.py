@@ -101,7 +101,7 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then validate and test the best checkpoint; return the final metrics."""
-    flush_subnormals(bool(cfg.get("flush_denormal", True)))  # first: see its docstring
+    flush_subnormals(cfg)  # first: see its docstring
     quiet_lightning()
     drop_nvml_check_without_gpu()
     follow_requeue(cfg)
