@@ -35,7 +35,9 @@ between them, so that start-up and exit cancel; beside it the same slope of the 
 """
 
 import argparse
+import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -75,11 +77,16 @@ BREAKDOWN = {  # workload: (preset as users run it, overrides)
     "burda16_vae_mnist_b20_s1": ("burda16_vae_mnist", ["model.steps_per_call=1"]),
     "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch, 10 steps a call
     "sprites_conv_vae": ("sprites_conv_vae", []),
+    "family_mnist_short": ("family_mnist_short", []),
 }
 SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),
     "burda16_vae_mnist_b20": ("burda16_vae_mnist", [], (5, 15)),  # batch 20, validation every 5
     "sprites_conv_vae": ("sprites_conv_vae", [], (1, 3)),  # 90,000 training sprites an epoch
+    # the footing of the family presets (iaf, vamp, ...): 200-unit tanh MLPs, batch 100
+    "family_mnist_short": ("family_mnist_short", [], (2, 8)),
+    # 50 draws a step: about a minute an epoch on 2 cores; validation every 2 epochs
+    "burda16_iwae_k50_mnist_short": ("burda16_iwae_k50_mnist_short", [], (1, 3)),
 }
 CPU_KERNELS = ("channels_last", "native_output")  # the conv nets' options a hand-written loop lacks
 ADAM_VARIANTS = {
@@ -133,6 +140,19 @@ def negative_elbo(nets: nn.Module, x: Tensor, tuned: bool = False) -> Tensor:
         nll = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum()
     return (nll + kl) / len(x)
+
+
+def negative_iwae(nets: nn.Module, x: Tensor, num_samples: int) -> Tensor:
+    """-L_k, batch mean (Burda et al. 2016): k = num_samples draws of z per image, weighed by
+    log p(x|z) + log p(z) - log q(z|x), their log-mean-exp; torch's BCE-with-logits."""
+    mean, log_var = nets.encoder(x).chunk(2, dim=-1)
+    eps = torch.randn(num_samples, *mean.shape, device=x.device)
+    z = mean + torch.exp(0.5 * log_var) * eps
+    logits = nets.decoder(z)
+    bce = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+    log_ratio = 0.5 * (eps.square() + log_var - z.square()).sum(-1)  # log p(z) - log q(z|x)
+    log_weights = -bce.flatten(2).sum(-1) + log_ratio
+    return -(torch.logsumexp(log_weights, 0) - math.log(num_samples)).mean()
 
 
 def timed_steps(
@@ -411,7 +431,13 @@ def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None
 
 
 def plain_epochs(
-    nets: nn.Module, images: Tensor, epochs: int, batch_size: int, lr: float, binarize: bool
+    nets: nn.Module,
+    images: Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    binarize: bool,
+    loss: Callable[[nn.Module, Tensor], Tensor] = negative_elbo,
 ) -> float:
     """Seconds of `epochs` epochs of the plain loop: default Adam, a permutation an epoch, each
     batch indexed by a slice of it (the last partial one dropped), torch.bernoulli per batch."""
@@ -422,9 +448,9 @@ def plain_epochs(
         order = torch.randperm(len(data), device=data.device)
         for step in range(len(data) // batch_size):
             x = data[order[step * batch_size : (step + 1) * batch_size]]
-            loss = negative_elbo(nets, torch.bernoulli(x) if binarize else x)
+            value = loss(nets, torch.bernoulli(x) if binarize else x)
             optimizer.zero_grad()
-            loss.backward()
+            value.backward()
             optimizer.step()
     synchronize(data.device)
     return time.perf_counter() - start
@@ -443,6 +469,9 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     images = datamodule.datasets["train"].images.to(device)
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
     binarize = datamodule.binarize == "dynamic"
+    loss = negative_elbo
+    if cfg.model.objective == "iwae":
+        loss = functools.partial(negative_iwae, num_samples=cfg.model.num_samples)
 
     def vaelab(epochs: int, folder: Path) -> float:
         command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
@@ -452,7 +481,7 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
 
     def plain(epochs: int, folder: Path) -> float:
         nets = build_nets(cfg, datamodule.image_shape, device, by_hand=True)
-        return plain_epochs(nets, images, epochs, batch_size, lr, binarize)
+        return plain_epochs(nets, images, epochs, batch_size, lr, binarize, loss)
 
     def rate(run: Callable[[int, Path], float]) -> Callable[[Path], float]:
         """Samples/s of an epoch, from the runs of `short` and `long` epochs."""

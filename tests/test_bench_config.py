@@ -51,6 +51,22 @@ def test_hand_written_loss_is_the_presets_training_loss(tmp_path, experiment, im
         assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_hand_written_iwae_is_the_iwae_presets_training_loss(tmp_path):
+    cfg = make_cfg(tmp_path, ["experiment=burda16_iwae_k50_mnist_short"])
+    assert (cfg.model.objective, cfg.model.num_samples) == ("iwae", 50)
+    torch.manual_seed(0)
+    vae = instantiate(cfg.model, image_shape=(1, 28, 28), _convert_="all").double()
+    nets = nn.ModuleDict({"encoder": vae.encoder, "decoder": vae.decoder})
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3, dtype=torch.float64))
+    torch.manual_seed(1)
+    expected = vae.training_loss(vae.draw(x), kl_weight=1.0)
+    torch.manual_seed(1)  # the same 50 draws of z per image
+    loss = bench.negative_iwae(nets, x, num_samples=50)
+    torch.testing.assert_close(loss, expected, rtol=1e-9, atol=0)
+    torch.manual_seed(1)  # and not the ELBO of the same draws
+    assert bench.negative_elbo(nets, x).item() > expected.item() + 0.1
+
+
 def test_preset_checkpoint_keeps_the_time_of_the_steps_after_the_warm_up(tmp_path):
     """What bench.py reads as way (a)'s time: steps warmup+1 .. max_steps, in the checkpoint."""
     overrides = ["experiment=bench_conv_sprites", "data.size=1000", "trainer.max_steps=14"]

@@ -41,17 +41,24 @@ class CVAE(ClassConditional):
         pixels = math.prod(self.image_shape)
         return x[:, :pixels].view(-1, *self.image_shape), x[:, pixels:]
 
-    def weigh(self, x: Tensor, q: Encoded, eps: Tensor) -> dict[str, Tensor]:
+    def weigh(
+        self, x: Tensor, q: Encoded, eps: Tensor, densities: bool = True
+    ) -> dict[str, Tensor]:
         """VAE.weigh for p(x|y): draws z ~ q(z|x,y), decoded with y."""
         images, onehot = self.split_observed(x)
-        z, log_posterior = self.posterior.rsample(q, eps)
+        if densities:
+            z, log_posterior = self.posterior.rsample(q, eps)
+        else:
+            z = self.posterior.draw(q, eps)
         codes = torch.cat([z, onehot.expand(len(z), -1, -1)], dim=-1)
-        return {
-            "z": z,
-            "log_likelihood": self.likelihood.log_prob(images, self.decoder(codes)),
-            "log_prior": self.prior.log_prob(z),
-            "log_posterior": log_posterior,
-        }
+        weighed = {"z": z, "log_likelihood": self.likelihood.log_prob(images, self.decoder(codes))}
+        if densities:
+            weighed |= {"log_prior": self.prior.log_prob(z), "log_posterior": log_posterior}
+        return weighed
+
+    @property
+    def kl_from_densities(self) -> bool:
+        return False  # kl_terms: closed form
 
     def kl_terms(self, q: Encoded, weighed: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """KL(q(z|x,y) || N(0, I)) in closed form, per example and per unit of z."""

@@ -96,6 +96,10 @@ class HVAE2(VAE):
         return False
 
     @property
+    def kl_from_densities(self) -> bool:
+        return False  # kl_terms averages weigh's kl_per_unit
+
+    @property
     def num_units(self) -> int:
         """The units of z1, then those of z2."""
         return self.latent_dim_1 + self.latent_dim
@@ -121,7 +125,9 @@ class HVAE2(VAE):
         """The likelihood's parameters for top-layer codes z2, at z1 = E[z1|z2]."""
         return self.decoder(self.prior_1_of(z).mean)
 
-    def weigh(self, x: Tensor, q: Encoded, eps: Tensor) -> dict[str, Tensor]:
+    def weigh(
+        self, x: Tensor, q: Encoded, eps: Tensor, densities: bool = True
+    ) -> dict[str, Tensor]:
         """VAE.weigh for z = [z1, z2] from q(z1|x) = q and q(z2|z1); `kl_per_unit` (samples,
         batch, num_units) holds each draw's estimate of the KL of each unit given its parents.
 
@@ -135,20 +141,21 @@ class HVAE2(VAE):
         q2 = self.posterior_2_of(z1)
         z2 = reparameterize(q2.mean, q2.log_var, eps_2)
         log_p1 = gaussian_log_prob(z1, self.prior_1_of(z2))
-        log_q = torch.cat(
-            [normal_log_prob(eps_1, q.log_var), normal_log_prob(eps_2, q2.log_var)], -1
-        )
-        log_p = torch.cat([log_p1, normal_log_prob(z2, torch.zeros_like(z2))], dim=-1)
         negative_entropy_1 = -0.5 * (q.log_var + LOG_2PI + 1.0)
-        return {
+        weighed = {
             "z": torch.cat([z1, z2], dim=-1),
             "log_likelihood": self.likelihood.log_prob(x, self.decoder(z1)),
-            "log_prior": log_p.sum(-1),
-            "log_posterior": log_q.sum(-1),
             "kl_per_unit": torch.cat(
                 [negative_entropy_1 - log_p1, gaussian_kl(q2.mean, q2.log_var)], dim=-1
             ),
         }
+        if densities:
+            log_q = torch.cat(
+                [normal_log_prob(eps_1, q.log_var), normal_log_prob(eps_2, q2.log_var)], -1
+            )
+            log_p = torch.cat([log_p1, normal_log_prob(z2, torch.zeros_like(z2))], dim=-1)
+            weighed |= {"log_prior": log_p.sum(-1), "log_posterior": log_q.sum(-1)}
+        return weighed
 
     def kl_terms(self, q: Encoded, weighed: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The KL per example and per unit of z1, z2: `weigh`'s estimate averaged over draws."""

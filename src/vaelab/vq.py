@@ -248,7 +248,8 @@ class VQVAE(VAE):
             restarted = new * self.smoothed_cluster_size()[:, None]
             self.cluster_sum.copy_(torch.where(dead, restarted, self.cluster_sum))
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def step_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The loss of one optimizer step; the codebook's moving averages step with it."""
         draws = self.draw(batch[0])
         loss = self.training_loss(draws)
         self.update_codebook(draws["z_e"], draws["indices"])

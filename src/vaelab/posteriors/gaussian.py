@@ -56,6 +56,10 @@ class GaussianPosterior(nn.Module):
         (samples, batch)."""
         return reparameterize(q.mean, q.log_var, eps), normal_log_prob(eps, q.log_var).sum(-1)
 
+    def draw(self, q: Encoded, eps: Tensor) -> Tensor:
+        """rsample's z alone, without log q(z|x)."""
+        return reparameterize(q.mean, q.log_var, eps)
+
     def mean(self, q: Encoded) -> Tensor | None:
         """E_q[z] where it has a closed form (None where it must be estimated from draws)."""
         return q.mean

@@ -116,6 +116,9 @@ class IAFPosterior(GaussianPosterior):
         z, log_det = self.flow(z, q.context)
         return z, log_q - log_det
 
+    def draw(self, q: Encoded, eps: Tensor) -> Tensor:
+        return self.flow(super().draw(q, eps), q.context)[0]
+
     def mean(self, q: Encoded) -> Tensor | None:
         return None
 
