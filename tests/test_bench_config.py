@@ -63,8 +63,6 @@ def test_hand_written_iwae_is_the_iwae_presets_training_loss(tmp_path):
     torch.manual_seed(1)  # the same 50 draws of z per image
     loss = bench.negative_iwae(nets, x, num_samples=50)
     torch.testing.assert_close(loss, expected, rtol=1e-9, atol=0)
-    torch.manual_seed(1)  # and not the ELBO of the same draws
-    assert bench.negative_elbo(nets, x).item() > expected.item() + 0.1
 
 
 def test_preset_checkpoint_keeps_the_time_of_the_steps_after_the_warm_up(tmp_path):

@@ -117,6 +117,7 @@ class IAFPosterior(GaussianPosterior):
         return z, log_q - log_det
 
     def draw(self, q: Encoded, eps: Tensor) -> Tensor:
+        """rsample's z alone: the Gaussian draw moved by the flow (not the inherited one)."""
         return self.flow(super().draw(q, eps), q.context)[0]
 
     def mean(self, q: Encoded) -> Tensor | None:
