@@ -32,6 +32,8 @@ callbacks and a CSV logger) for two epoch counts, and takes the time per epoch a
 between them, so that start-up and exit cancel; beside it the same slope of the plain loop
 (default Adam, a permutation an epoch, torch.bernoulli per batch) on the same nets and data.
 `--override KEY=VALUE` (repeatable) changes the preset there, to measure an option.
+`--flush-plain` has the hand-written loops flush subnormal floats to zero, as vaelab does on a
+CPU (`flush_denormal`), for the strongest loop one could write by hand.
 """
 
 import argparse
@@ -530,7 +532,14 @@ def main() -> None:
     parser.add_argument(
         "--slope", action="store_true", help="end to end, the presets against the plain loop"
     )
+    parser.add_argument(
+        "--flush-plain",
+        action="store_true",
+        help="the hand-written loops flush subnormal floats to zero, as vaelab does on a CPU",
+    )
     args = parser.parse_args()
+    if args.flush_plain:  # before any parallel op: torch's worker threads copy it when they start
+        torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
     drop_nvml_check_without_gpu()  # the hand-written loops run as a script without Lightning would
@@ -540,6 +549,7 @@ def main() -> None:
         f"vaelab bench {datetime.now():%Y-%m-%d %H:%M}: {device.type} ({name}, "
         f"{torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"lightning {lightning.__version__}, {args.repeats} repeats"
+        f"{', hand-written loops flushing subnormals' if args.flush_plain else ''}"
     )
     mode = BREAKDOWN if args.breakdown else SLOPE if args.slope else EXPERIMENTS
     if args.only and args.only not in mode:
