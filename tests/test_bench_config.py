@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import time
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,11 @@ from torch import nn
 
 from vaelab.callbacks.timing import PHASES, StepPhases
 from vaelab.components import build
+from vaelab.likelihoods import Bernoulli
+from vaelab.posteriors.gaussian import GaussianPosterior
+from vaelab.priors.normal import NormalPrior
 from vaelab.train import train
+from vaelab.vae import VAE
 
 spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
@@ -51,18 +56,49 @@ def test_hand_written_loss_is_the_presets_training_loss(tmp_path, experiment, im
         assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_hand_written_iwae_is_the_iwae_presets_training_loss(tmp_path):
-    cfg = make_cfg(tmp_path, ["experiment=burda16_iwae_k50_mnist_short"])
-    assert (cfg.model.objective, cfg.model.num_samples) == ("iwae", 50)
-    torch.manual_seed(0)
-    vae = instantiate(cfg.model, image_shape=(1, 28, 28), _convert_="all").double()
+HAND_WRITTEN_SLOPE = [
+    (experiment, overrides)
+    for name, (experiment, overrides, _) in bench.SLOPE.items()
+    if name not in bench.MODULE
+]
+
+
+@pytest.mark.parametrize("experiment, overrides", HAND_WRITTEN_SLOPE)
+def test_slope_hand_written_loss_is_the_presets_training_loss(tmp_path, experiment, overrides):
+    """The --slope presets with a hand-written plain loop: a one-layer Gaussian VAE with a
+    Bernoulli decoder and the N(0, I) prior, the ELBO or the IWAE bound, as the loop assumes."""
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}", *overrides])
+    _, vae = build(cfg)
+    assert type(vae) is VAE and type(vae.prior) is NormalPrior and not vae.free_bits
+    assert (type(vae.posterior), type(vae.likelihood)) == (GaussianPosterior, Bernoulli)
     nets = nn.ModuleDict({"encoder": vae.encoder, "decoder": vae.decoder})
-    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3, dtype=torch.float64))
+    x = torch.bernoulli(torch.full((4, *vae.image_shape), 0.3))
     torch.manual_seed(1)
     expected = vae.training_loss(vae.draw(x), kl_weight=1.0)
-    torch.manual_seed(1)  # the same 50 draws of z per image
-    loss = bench.negative_iwae(nets, x, num_samples=50)
-    torch.testing.assert_close(loss, expected, rtol=1e-9, atol=0)
+    torch.manual_seed(1)  # the same draws of z
+    if vae.objective == "iwae":
+        loss = bench.negative_iwae(nets, x, num_samples=vae.num_samples)
+    else:
+        assert (vae.objective, vae.num_samples) == ("elbo", 1)
+        loss = bench.negative_elbo(nets, x)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)  # float32: the same noise
+
+
+@pytest.mark.parametrize(
+    "experiment", ["locatello19_factor_vae_short", "tomczak18_vamp_mnist_short"]
+)
+def test_module_loop_steps_every_parameter_of_the_presets_model(tmp_path, experiment):
+    """Loop (m) trains the preset's own model with its whole loss: every parameter moves (the
+    FactorVAE's discriminator, the VampPrior's pseudo-inputs), and nothing is logged."""
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}"])
+    model = bench.own_model(cfg, training_set_size=16)
+    assert type(model) is type(build(cfg)[1])
+    before = [p.detach().clone() for p in model.parameters()]
+    images = torch.randint(0, 256, (16, *model.image_shape), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning warns on self.log without a Trainer
+        bench.plain_epochs(model, images, 1, 8, 1e-3, binarize=True, loss=bench.own_loss)
+    assert all((p != b).any() for p, b in zip(model.parameters(), before, strict=True))
 
 
 def test_preset_checkpoint_keeps_the_time_of_the_steps_after_the_warm_up(tmp_path):
