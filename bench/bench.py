@@ -32,9 +32,10 @@ callbacks and a CSV logger) for two epoch counts, and takes the time per epoch a
 between them, so that start-up and exit cancel; beside it the same slope of the plain loop
 (default Adam, a permutation an epoch, torch.bernoulli per batch) on the same nets and data.
 For the presets whose model the bench has not written by hand (MODULE: VampPrior, IAF, two
-stochastic layers, the Locatello et al. objectives) the plain loop is loop (m): the same loop
-around the preset's own model, its `draw` and `training_loss`, so it times what the framework
-adds around the same arithmetic. `--override KEY=VALUE` (repeatable) changes the preset there.
+stochastic layers, the Locatello et al. objectives, M2) the plain loop is loop (m): the same
+loop around the preset's own model, its `draw` and `training_loss` (M2: its training step, with
+labelled images drawn at random in front of each batch), so it times what the framework adds
+around the same arithmetic. `--override KEY=VALUE` (repeatable) changes the preset there.
 `--flush-plain` has the hand-written loops flush subnormal floats to zero, as vaelab does on a
 CPU (`flush_denormal`), for the strongest loop one could write by hand.
 """
@@ -61,11 +62,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from vaelab.callbacks.timing import synchronize
 from vaelab.components import build
 from vaelab.cuda_check import drop_nvml_check_without_gpu
+from vaelab.data.labels import UNLABELLED, PartlyLabelled
 from vaelab.likelihoods import Bernoulli
+from vaelab.m2 import M2
 from vaelab.vae import VAE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,29 +77,50 @@ WARMUP_STEPS = 10  # the presets' StepTimer warmup_steps
 BERNOULLI = Bernoulli()  # loop (c)'s log-likelihood, made once rather than every step
 EXPERIMENTS = {  # workload: (preset, its overrides)
     "mlp_mnist": ("bench_mlp_mnist", []),
-    "mlp_mnist_b20": ("bench_mlp_mnist", ["data.batch_size=20"]),  # the papers' small batches
+    "mlp_mnist_b20": (
+        "bench_mlp_mnist",
+        ["data.batch_size=20"],
+    ),  # the papers' small batches
     # the same with 10 optimizer steps in each Lightning training_step
     "mlp_mnist_s10": ("bench_mlp_mnist", ["model.steps_per_call=10"]),
-    "mlp_mnist_b20_s10": ("bench_mlp_mnist", ["data.batch_size=20", "model.steps_per_call=10"]),
+    "mlp_mnist_b20_s10": (
+        "bench_mlp_mnist",
+        ["data.batch_size=20", "model.steps_per_call=10"],
+    ),
     "conv_sprites": ("bench_conv_sprites", []),
 }
 BREAKDOWN = {  # workload: (preset as users run it, overrides)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", []),
     "burda16_vae_mnist_b20_s1": ("burda16_vae_mnist", ["model.steps_per_call=1"]),
-    "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch, 10 steps a call
+    "burda16_vae_mnist_b20": (
+        "burda16_vae_mnist",
+        [],
+    ),  # the paper's batch, 10 steps a call
     "sprites_conv_vae": ("sprites_conv_vae", []),
     "family_mnist_short": ("family_mnist_short", []),
 }
 SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),
-    "burda16_vae_mnist_b20": ("burda16_vae_mnist", [], (5, 15)),  # batch 20, validation every 5
-    "sprites_conv_vae": ("sprites_conv_vae", [], (1, 3)),  # 90,000 training sprites an epoch
+    "burda16_vae_mnist_b20": (
+        "burda16_vae_mnist",
+        [],
+        (5, 15),
+    ),  # batch 20, validation every 5
+    "sprites_conv_vae": (
+        "sprites_conv_vae",
+        [],
+        (1, 3),
+    ),  # 90,000 training sprites an epoch
     # the footing of the family presets (iaf, vamp, ...): 200-unit tanh MLPs, batch 100
     "family_mnist_short": ("family_mnist_short", [], (2, 8)),
     # 50 draws a step: about a minute an epoch on 2 cores; validation every 2 epochs
     "burda16_iwae_k50_mnist_short": ("burda16_iwae_k50_mnist_short", [], (1, 3)),
     "mnist_vae": ("mnist_vae", [], (2, 6)),
-    "kingma14_m1_mnist": ("kingma14_m1_mnist", [], (5, 10)),  # validation every 5 epochs
+    "kingma14_m1_mnist": (
+        "kingma14_m1_mnist",
+        [],
+        (5, 10),
+    ),  # validation every 5 epochs
     "tomczak18_vamp_mnist_short": ("tomczak18_vamp_mnist_short", [], (2, 8)),
     "kingma16_iaf_mnist_short": ("kingma16_iaf_mnist_short", [], (2, 8)),
     "burda16_vae2_mnist_short": ("burda16_vae2_mnist_short", [], (5, 15)),
@@ -105,6 +130,13 @@ SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts 
     "locatello19_beta_tcvae_short": ("locatello19_beta_tcvae_short", [], (1, 3)),
     "locatello19_factor_vae_short": ("locatello19_factor_vae_short", [], (1, 3)),
     "locatello19_dip_vae_short": ("locatello19_dip_vae_short", [], (1, 3)),
+    # 100 labelled images in front of each batch of 100; validation every epoch
+    "kingma14_m2_mnist100_short": ("kingma14_m2_mnist100_short", [], (1, 3)),
+    "seed_story": (
+        "seed_story",
+        [],
+        (5, 10),
+    ),  # its VAE (model=mlp_vae); validation every 5
 }
 # loop (m), the plain loop of the SLOPE presets that the bench has no hand-written model for:
 # the preset's own model (vaelab.vae.VAE or a subclass) stepped by hand, so it times what the
@@ -119,8 +151,13 @@ MODULE = {
     "locatello19_beta_tcvae_short",
     "locatello19_factor_vae_short",
     "locatello19_dip_vae_short",
+    "kingma14_m2_mnist100_short",
 }
-CPU_KERNELS = ("channels_last", "native_output")  # the conv nets' options a hand-written loop lacks
+Loss = Callable[[nn.Module, Tensor], Tensor]  # a plain loop's loss of the nets on a batch
+CPU_KERNELS = (
+    "channels_last",
+    "native_output",
+)  # the conv nets' options a hand-written loop lacks
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},
@@ -141,7 +178,10 @@ def data_root(experiment: str, overrides: list[str], args: argparse.Namespace) -
 
 
 def build_nets(
-    cfg: DictConfig, image_shape: tuple[int, ...], device: torch.device, by_hand: bool = False
+    cfg: DictConfig,
+    image_shape: tuple[int, ...],
+    device: torch.device,
+    by_hand: bool = False,
 ) -> nn.Module:
     """The preset's encoder and decoder, initialised from seed 0; `by_hand`: in PyTorch's
     default memory format and with torch's transposed convs, as a hand-written loop has them
@@ -187,13 +227,17 @@ def negative_iwae(nets: nn.Module, x: Tensor, num_samples: int) -> Tensor:
     return -(torch.logsumexp(log_weights, 0) - math.log(num_samples)).mean()
 
 
-def own_model(cfg: DictConfig, training_set_size: int) -> VAE:
-    """Loop (m)'s model: the preset's, initialised from seed 0, logging nothing (no Trainer)."""
+def own_model(cfg: DictConfig, train_set: Dataset) -> VAE:
+    """Loop (m)'s model: the preset's, initialised from seed 0, logging nothing, given the
+    sizes it reads from the Trainer's training data in vaelab (beta-TCVAE's N, M2's N_l)."""
     torch.manual_seed(0)
     _, model = build(cfg)
     model.logs_this_step = lambda: False  # a hand-written loop computes no train/* values
     if model.objective == "beta_tcvae" and model.dataset_size is None:
-        model.dataset_size = training_set_size  # N, read from the Trainer's loader in vaelab
+        model.dataset_size = len(train_set)
+    if isinstance(model, M2):
+        model.sizes = {"labels": train_set.num_labels, "all": len(train_set)}
+        model.sizes["per_batch"] = train_set.per_batch
     return model
 
 
@@ -202,6 +246,27 @@ def own_loss(model: VAE, x: Tensor) -> Tensor:
     the loss needs them, as vaelab's step), at the final KL weight."""
     draws = model.draw(x, densities=model.trains_on_densities)
     return model.training_loss(draws, model.kl_weight)
+
+
+def labelled_loss(model: M2, x: Tensor, labelled: tuple[Tensor, Tensor], binarize: bool) -> Tensor:
+    """Loop (m)'s loss for M2: `per_batch` of the labelled images (float) drawn at random and
+    binarised as x, in front of the unlabelled batch x as vaelab's batches hold them, through
+    M2's training step."""
+    images, labels = labelled
+    pick = torch.randint(len(labels), (model.sizes["per_batch"],), device=x.device)
+    x_labelled = torch.bernoulli(images[pick]) if binarize else images[pick]
+    unlabelled = torch.full((len(x),), UNLABELLED, device=x.device)
+    batch = (torch.cat([x_labelled, x]), torch.cat([labels[pick], unlabelled]))
+    return model.training_step(batch, 0)
+
+
+def module_loss(model: VAE, train_set: Dataset, binarize: bool) -> Loss:
+    """Loop (m)'s loss for this model and training set."""
+    if not isinstance(train_set, PartlyLabelled):
+        return own_loss
+    images = train_set.images[train_set.labelled].float() / 255
+    labelled = (images, train_set.labels[train_set.labelled])
+    return functools.partial(labelled_loss, labelled=labelled, binarize=binarize)
 
 
 def timed_steps(
@@ -231,7 +296,12 @@ def timed_steps(
 
 
 def hand_phases(
-    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+    nets: nn.Module,
+    images: Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    binarize: bool,
 ) -> dict[str, float]:
     """ms per step of the tuned loop (c)'s forward, backward and optimizer step, and of the
     rest (drawing the batch and its binarisation), after WARMUP_STEPS."""
@@ -263,7 +333,12 @@ def hand_phases(
 
 
 def textbook_loop(
-    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+    nets: nn.Module,
+    images: Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    binarize: bool,
 ) -> float:
     """(b): the plain loop: default Adam, each batch gathered by a slice of a permutation."""
     optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
@@ -277,7 +352,12 @@ def textbook_loop(
 
 
 def tuned_loop(
-    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
+    nets: nn.Module,
+    images: Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    binarize: bool,
 ) -> float:
     """(c): the fastest exact loop (the same draws as (b)): fused Adam, contiguous batches,
     vaelab's Bernoulli log-likelihood."""
@@ -303,7 +383,10 @@ def alternate(ways: dict[str, Callable[[Path], float]], repeats: int) -> dict[st
             for key in order:
                 rates[key].append(ways[key](Path(scratch) / f"{key}-{repeat}"))
             line = "  ".join(f"{key} {rates[key][-1]:.0f}" for key in ways)
-            print(f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s", flush=True)
+            print(
+                f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s",
+                flush=True,
+            )
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
@@ -376,7 +459,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    images = datamodule.datasets["train"].images.to(device)
+    images = datamodule.datasets["train"].images.to(device)  # M2's: labelled and not
     if steps * batch_size > len(images) or steps <= WARMUP_STEPS:
         raise SystemExit(
             f"{experiment}: {steps} steps of {batch_size} must exceed the {WARMUP_STEPS} warm-up "
@@ -408,7 +491,12 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
         )
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"experiment={experiment}",
+        *overrides,
+    ]
     command += [f"trainer.max_steps={steps}", f"trainer.accelerator={accelerator}"]
     overheads = []
 
@@ -438,13 +526,16 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
 def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None:
     """vaelab's StepPhases in the preset as shipped beside hand_phases, ms per step."""
     experiment, overrides = BREAKDOWN[name]
-    overrides = [*overrides, "logger=csv"]  # W&B could not reach its server here: CSV instead
+    overrides = [
+        *overrides,
+        "logger=csv",
+    ]  # W&B could not reach its server here: CSV instead
     overrides += data_root(experiment, overrides, args)
     cfg = compose_preset(experiment, overrides)
     steps = args.steps or 60
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    images = datamodule.datasets["train"].images.to(device)
+    images = datamodule.datasets["train"].images.to(device)  # M2's: labelled and not
     if steps * cfg.data.batch_size > len(images) or steps <= WARMUP_STEPS:
         raise SystemExit(f"{steps} steps must exceed {WARMUP_STEPS} and fit in one epoch")
     nets = build_nets(cfg, datamodule.image_shape, device)
@@ -458,7 +549,12 @@ def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None
     )
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "phases.json"
-        command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
+        command = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"experiment={experiment}",
+            *overrides,
+        ]
         command += [
             f"trainer.max_steps={steps}",
             "test=false",
@@ -486,7 +582,7 @@ def plain_epochs(
     batch_size: int,
     lr: float,
     binarize: bool,
-    loss: Callable[[nn.Module, Tensor], Tensor] = negative_elbo,
+    loss: Loss = negative_elbo,
 ) -> float:
     """Seconds of `epochs` epochs of the plain loop: default Adam, a permutation an epoch, each
     batch indexed by a slice of it (the last partial one dropped), torch.bernoulli per batch.
@@ -517,27 +613,32 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     cfg = compose_preset(experiment, overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    images = datamodule.datasets["train"].images.to(device)
+    images = datamodule.datasets["train"].images.to(device)  # M2's: labelled and not
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
     binarize = datamodule.binarize == "dynamic"
+    train_set = datamodule.datasets["train"]
     loss = negative_elbo
-    if name in MODULE:
-        loss = own_loss
-    elif cfg.model.objective == "iwae":
+    if cfg.model.objective == "iwae":
         loss = functools.partial(negative_iwae, num_samples=cfg.model.num_samples)
 
     def vaelab(epochs: int, folder: Path) -> float:
-        command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
+        command = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"experiment={experiment}",
+            *overrides,
+        ]
         return train_subprocess(
             [*command, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}"]
         )
 
     def plain(epochs: int, folder: Path) -> float:
-        if name in MODULE:
-            nets = own_model(cfg, len(images)).to(device)
-        else:
+        if name not in MODULE:
             nets = build_nets(cfg, datamodule.image_shape, device, by_hand=True)
-        return plain_epochs(nets, images, epochs, batch_size, lr, binarize, loss)
+            return plain_epochs(nets, images, epochs, batch_size, lr, binarize, loss)
+        model = own_model(cfg, train_set).to(device)
+        own = module_loss(model, train_set.to(device), binarize)
+        return plain_epochs(model, images, epochs, batch_size, lr, binarize, own)
 
     def rate(run: Callable[[int, Path], float]) -> Callable[[Path], float]:
         """Samples/s of an epoch, from the runs of `short` and `long` epochs."""
@@ -582,10 +683,14 @@ def main() -> None:
         help="with --slope: a Hydra override of the preset, to measure an option (repeatable)",
     )
     parser.add_argument(
-        "--breakdown", action="store_true", help="where a step's time goes (BREAKDOWN presets)"
+        "--breakdown",
+        action="store_true",
+        help="where a step's time goes (BREAKDOWN presets)",
     )
     parser.add_argument(
-        "--slope", action="store_true", help="end to end, the presets against the plain loop"
+        "--slope",
+        action="store_true",
+        help="end to end, the presets against the plain loop",
     )
     parser.add_argument(
         "--flush-plain",

@@ -14,6 +14,8 @@ from torch import nn
 
 from vaelab.callbacks.timing import PHASES, StepPhases
 from vaelab.components import build
+from vaelab.data.base import InMemoryImages
+from vaelab.data.labels import PartlyLabelled
 from vaelab.likelihoods import Bernoulli
 from vaelab.posteriors.gaussian import GaussianPosterior
 from vaelab.priors.normal import NormalPrior
@@ -85,19 +87,27 @@ def test_slope_hand_written_loss_is_the_presets_training_loss(tmp_path, experime
 
 
 @pytest.mark.parametrize(
-    "experiment", ["locatello19_factor_vae_short", "tomczak18_vamp_mnist_short"]
+    "experiment",
+    ["locatello19_factor_vae_short", "tomczak18_vamp_mnist_short", "kingma14_m2_mnist100_short"],
 )
 def test_module_loop_steps_every_parameter_of_the_presets_model(tmp_path, experiment):
     """Loop (m) trains the preset's own model with its whole loss: every parameter moves (the
-    FactorVAE's discriminator, the VampPrior's pseudo-inputs), and nothing is logged."""
+    FactorVAE's discriminator, the VampPrior's pseudo-inputs, M2's classifier), and nothing is
+    logged."""
     cfg = make_cfg(tmp_path, [f"experiment={experiment}"])
-    model = bench.own_model(cfg, training_set_size=16)
+    image_shape = build(cfg)[0].image_shape
+    images = torch.randint(0, 256, (16, *image_shape), dtype=torch.uint8)
+    labels = torch.arange(16) % 10
+    train_set = InMemoryImages(images, labels)
+    if experiment.startswith("kingma14_m2"):  # 4 labelled images in front of each batch
+        train_set = PartlyLabelled(images, labels, labelled=torch.arange(6), per_batch=4)
+    model = bench.own_model(cfg, train_set)
     assert type(model) is type(build(cfg)[1])
+    loss = bench.module_loss(model, train_set, binarize=True)
     before = [p.detach().clone() for p in model.parameters()]
-    images = torch.randint(0, 256, (16, *model.image_shape), dtype=torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Lightning warns on self.log without a Trainer
-        bench.plain_epochs(model, images, 1, 8, 1e-3, binarize=True, loss=bench.own_loss)
+        bench.plain_epochs(model, images, 1, 8, 1e-3, binarize=True, loss=loss)
     assert all((p != b).any() for p, b in zip(model.parameters(), before, strict=True))
 
 
