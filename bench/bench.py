@@ -98,6 +98,7 @@ BREAKDOWN = {  # workload: (preset as users run it, overrides)
     ),  # the paper's batch, 10 steps a call
     "sprites_conv_vae": ("sprites_conv_vae", []),
     "family_mnist_short": ("family_mnist_short", []),
+    "locatello19_vae_short": ("locatello19_vae_short", []),  # Locatello et al.'s conv nets
 }
 SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),

@@ -109,3 +109,30 @@ def test_settings_several_steps_a_call_cannot_honour_are_refused(tmp_path, overr
         prepare(make_cfg(tmp_path, ["data=sprites", "data.size=120", *overrides]))
     error = user_error(raised.value)
     assert isinstance(error, ConfigError) and "steps_per_call" in str(error)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=factor_vae", "model.discriminator_dims=[16]"],
+        ["model=beta_tcvae"],
+        ["model=dip_vae"],
+        [
+            "model=beta_vae",
+            "model.capacity_max=5",
+            "model.capacity_steps=20",
+            "model.kl_warmup_steps=0",
+        ],
+    ],
+    ids=["factor_vae", "beta_tcvae", "dip_vae", "annealed_vae"],
+)
+def test_locatello_objectives_train_the_same_several_steps_a_call(tmp_path, overrides):
+    """The locatello19_* presets run 10 steps a call: FactorVAE's discriminator (its own
+    parameter group), beta-TCVAE's N read from the training data, DIP-VAE's covariance and the
+    annealed capacity, which rises with the global step."""
+    member = [*TINY, *overrides, "trainer.max_epochs=1"]
+    train(make_cfg(tmp_path / "one", member))
+    train(make_cfg(tmp_path / "several", [*member, "model.steps_per_call=3"]))
+    one, several = last_checkpoint(tmp_path / "one"), last_checkpoint(tmp_path / "several")
+    assert one["global_step"] == 27
+    assert_same_training(one, several)
