@@ -77,51 +77,30 @@ WARMUP_STEPS = 10  # the presets' StepTimer warmup_steps
 BERNOULLI = Bernoulli()  # loop (c)'s log-likelihood, made once rather than every step
 EXPERIMENTS = {  # workload: (preset, its overrides)
     "mlp_mnist": ("bench_mlp_mnist", []),
-    "mlp_mnist_b20": (
-        "bench_mlp_mnist",
-        ["data.batch_size=20"],
-    ),  # the papers' small batches
+    "mlp_mnist_b20": ("bench_mlp_mnist", ["data.batch_size=20"]),  # the papers' small batches
     # the same with 10 optimizer steps in each Lightning training_step
     "mlp_mnist_s10": ("bench_mlp_mnist", ["model.steps_per_call=10"]),
-    "mlp_mnist_b20_s10": (
-        "bench_mlp_mnist",
-        ["data.batch_size=20", "model.steps_per_call=10"],
-    ),
+    "mlp_mnist_b20_s10": ("bench_mlp_mnist", ["data.batch_size=20", "model.steps_per_call=10"]),
     "conv_sprites": ("bench_conv_sprites", []),
 }
 BREAKDOWN = {  # workload: (preset as users run it, overrides)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", []),
     "burda16_vae_mnist_b20_s1": ("burda16_vae_mnist", ["model.steps_per_call=1"]),
-    "burda16_vae_mnist_b20": (
-        "burda16_vae_mnist",
-        [],
-    ),  # the paper's batch, 10 steps a call
+    "burda16_vae_mnist_b20": ("burda16_vae_mnist", []),  # the paper's batch, 10 steps a call
     "sprites_conv_vae": ("sprites_conv_vae", []),
     "family_mnist_short": ("family_mnist_short", []),
     "locatello19_vae_short": ("locatello19_vae_short", []),  # Locatello et al.'s conv nets
 }
 SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts timed)
     "burda16_vae_mnist_short": ("burda16_vae_mnist_short", [], (3, 15)),
-    "burda16_vae_mnist_b20": (
-        "burda16_vae_mnist",
-        [],
-        (5, 15),
-    ),  # batch 20, validation every 5
-    "sprites_conv_vae": (
-        "sprites_conv_vae",
-        [],
-        (1, 3),
-    ),  # 90,000 training sprites an epoch
+    "burda16_vae_mnist_b20": ("burda16_vae_mnist", [], (5, 15)),  # batch 20, validation every 5
+    "sprites_conv_vae": ("sprites_conv_vae", [], (1, 3)),  # 90,000 training sprites an epoch
     # the footing of the family presets (iaf, vamp, ...): 200-unit tanh MLPs, batch 100
     "family_mnist_short": ("family_mnist_short", [], (2, 8)),
     # 50 draws a step: about a minute an epoch on 2 cores; validation every 2 epochs
     "burda16_iwae_k50_mnist_short": ("burda16_iwae_k50_mnist_short", [], (1, 3)),
     "mnist_vae": ("mnist_vae", [], (2, 6)),
-    "kingma14_m1_mnist": (
-        "kingma14_m1_mnist",
-        [],
-        (5, 10),
-    ),  # validation every 5 epochs
+    "kingma14_m1_mnist": ("kingma14_m1_mnist", [], (5, 10)),  # validation every 5 epochs
     "tomczak18_vamp_mnist_short": ("tomczak18_vamp_mnist_short", [], (2, 8)),
     "kingma16_iaf_mnist_short": ("kingma16_iaf_mnist_short", [], (2, 8)),
     "burda16_vae2_mnist_short": ("burda16_vae2_mnist_short", [], (5, 15)),
@@ -133,11 +112,7 @@ SLOPE = {  # workload: (preset as users run it, overrides, the two epoch counts 
     "locatello19_dip_vae_short": ("locatello19_dip_vae_short", [], (1, 3)),
     # 100 labelled images in front of each batch of 100; validation every epoch
     "kingma14_m2_mnist100_short": ("kingma14_m2_mnist100_short", [], (1, 3)),
-    "seed_story": (
-        "seed_story",
-        [],
-        (5, 10),
-    ),  # its VAE (model=mlp_vae); validation every 5
+    "seed_story": ("seed_story", [], (5, 10)),  # its VAE (model=mlp_vae); validation every 5
 }
 # loop (m), the plain loop of the SLOPE presets that the bench has no hand-written model for:
 # the preset's own model (vaelab.vae.VAE or a subclass) stepped by hand, so it times what the
@@ -155,10 +130,7 @@ MODULE = {
     "kingma14_m2_mnist100_short",
 }
 Loss = Callable[[nn.Module, Tensor], Tensor]  # a plain loop's loss of the nets on a batch
-CPU_KERNELS = (
-    "channels_last",
-    "native_output",
-)  # the conv nets' options a hand-written loop lacks
+CPU_KERNELS = ("channels_last", "native_output")  # the conv nets' options a hand-written loop lacks
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},
@@ -179,10 +151,7 @@ def data_root(experiment: str, overrides: list[str], args: argparse.Namespace) -
 
 
 def build_nets(
-    cfg: DictConfig,
-    image_shape: tuple[int, ...],
-    device: torch.device,
-    by_hand: bool = False,
+    cfg: DictConfig, image_shape: tuple[int, ...], device: torch.device, by_hand: bool = False
 ) -> nn.Module:
     """The preset's encoder and decoder, initialised from seed 0; `by_hand`: in PyTorch's
     default memory format and with torch's transposed convs, as a hand-written loop has them
@@ -297,12 +266,7 @@ def timed_steps(
 
 
 def hand_phases(
-    nets: nn.Module,
-    images: Tensor,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    binarize: bool,
+    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
 ) -> dict[str, float]:
     """ms per step of the tuned loop (c)'s forward, backward and optimizer step, and of the
     rest (drawing the batch and its binarisation), after WARMUP_STEPS."""
@@ -334,12 +298,7 @@ def hand_phases(
 
 
 def textbook_loop(
-    nets: nn.Module,
-    images: Tensor,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    binarize: bool,
+    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
 ) -> float:
     """(b): the plain loop: default Adam, each batch gathered by a slice of a permutation."""
     optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
@@ -353,12 +312,7 @@ def textbook_loop(
 
 
 def tuned_loop(
-    nets: nn.Module,
-    images: Tensor,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    binarize: bool,
+    nets: nn.Module, images: Tensor, steps: int, batch_size: int, lr: float, binarize: bool
 ) -> float:
     """(c): the fastest exact loop (the same draws as (b)): fused Adam, contiguous batches,
     vaelab's Bernoulli log-likelihood."""
@@ -384,10 +338,7 @@ def alternate(ways: dict[str, Callable[[Path], float]], repeats: int) -> dict[st
             for key in order:
                 rates[key].append(ways[key](Path(scratch) / f"{key}-{repeat}"))
             line = "  ".join(f"{key} {rates[key][-1]:.0f}" for key in ways)
-            print(
-                f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s",
-                flush=True,
-            )
+            print(f"  repeat {repeat + 1} ({' '.join(order)}): {line} samples/s", flush=True)
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
@@ -460,7 +411,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    images = datamodule.datasets["train"].images.to(device)  # M2's: labelled and not
+    images = datamodule.datasets["train"].images.to(device)
     if steps * batch_size > len(images) or steps <= WARMUP_STEPS:
         raise SystemExit(
             f"{experiment}: {steps} steps of {batch_size} must exceed the {WARMUP_STEPS} warm-up "
@@ -492,12 +443,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
         )
 
     accelerator = "gpu" if device.type == "cuda" else "cpu"
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"experiment={experiment}",
-        *overrides,
-    ]
+    command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
     command += [f"trainer.max_steps={steps}", f"trainer.accelerator={accelerator}"]
     overheads = []
 
@@ -527,16 +473,13 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> None:
 def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None:
     """vaelab's StepPhases in the preset as shipped beside hand_phases, ms per step."""
     experiment, overrides = BREAKDOWN[name]
-    overrides = [
-        *overrides,
-        "logger=csv",
-    ]  # W&B could not reach its server here: CSV instead
+    overrides = [*overrides, "logger=csv"]  # W&B could not reach its server here: CSV instead
     overrides += data_root(experiment, overrides, args)
     cfg = compose_preset(experiment, overrides)
     steps = args.steps or 60
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    images = datamodule.datasets["train"].images.to(device)  # M2's: labelled and not
+    images = datamodule.datasets["train"].images.to(device)
     if steps * cfg.data.batch_size > len(images) or steps <= WARMUP_STEPS:
         raise SystemExit(f"{steps} steps must exceed {WARMUP_STEPS} and fit in one epoch")
     nets = build_nets(cfg, datamodule.image_shape, device)
@@ -550,12 +493,7 @@ def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None
     )
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "phases.json"
-        command = [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"experiment={experiment}",
-            *overrides,
-        ]
+        command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
         command += [
             f"trainer.max_steps={steps}",
             "test=false",
@@ -614,21 +552,16 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     cfg = compose_preset(experiment, overrides)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    images = datamodule.datasets["train"].images.to(device)  # M2's: labelled and not
+    train_set = datamodule.datasets["train"]
+    images = train_set.images.to(device)  # M2's: the labelled and the unlabelled
     batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
     binarize = datamodule.binarize == "dynamic"
-    train_set = datamodule.datasets["train"]
     loss = negative_elbo
     if cfg.model.objective == "iwae":
         loss = functools.partial(negative_iwae, num_samples=cfg.model.num_samples)
 
     def vaelab(epochs: int, folder: Path) -> float:
-        command = [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"experiment={experiment}",
-            *overrides,
-        ]
+        command = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}", *overrides]
         return train_subprocess(
             [*command, f"trainer.max_epochs={epochs}", f"hydra.run.dir={folder}"]
         )
@@ -684,14 +617,10 @@ def main() -> None:
         help="with --slope: a Hydra override of the preset, to measure an option (repeatable)",
     )
     parser.add_argument(
-        "--breakdown",
-        action="store_true",
-        help="where a step's time goes (BREAKDOWN presets)",
+        "--breakdown", action="store_true", help="where a step's time goes (BREAKDOWN presets)"
     )
     parser.add_argument(
-        "--slope",
-        action="store_true",
-        help="end to end, the presets against the plain loop",
+        "--slope", action="store_true", help="end to end, the presets against the plain loop"
     )
     parser.add_argument(
         "--flush-plain",
