@@ -101,16 +101,23 @@ def test_pca_refuses_a_bernoulli_decoder_and_too_many_dimensions():
         PCA(Gaussian(0.1), SHAPE, latent_dim=17)
 
 
-def test_model_pca_fits_through_train_py(tmp_path, tiny_mnist):
+@pytest.mark.parametrize(
+    "batching",
+    [
+        ["data.batch_size=30"],  # the 30 training images in one batch (none dropped)
+        ["data.batch_size=10", "model.steps_per_call=3"],  # the same 30 in one call of 3 x 10
+    ],
+)
+def test_model_pca_fits_through_train_py(tmp_path, tiny_mnist, batching):
     root, _ = tiny_mnist
     overrides = [
+        *batching,
         "model=pca",
         "model.latent_dim=5",
         "data=mnist",
         f"data.root={root}",
         "data.download=false",
         "data.val_size=10",
-        "data.batch_size=30",  # the 30 training images in one batch (none dropped)
         "data.binarize=none",
         "trainer.max_epochs=2",
     ]

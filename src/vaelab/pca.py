@@ -15,7 +15,8 @@ same as every other model's, under the same Gaussian likelihood.
 Under `train.py` nothing is optimised: the first training epoch accumulates sum x and
 sum x x^T (torchmetrics states, summed across DDP ranks), the fit runs after its last batch,
 before that epoch's validation, and later epochs change nothing (`trainer.max_epochs=1` is
-enough); `global_step` stays 0.
+enough); `global_step` stays 0. `steps_per_call` = S gives it batches S times as large, whose
+moments are the same sums (so that a sweep can set S for all its models).
 """
 
 from collections.abc import Sequence
@@ -55,7 +56,11 @@ class SecondMoments(Metric):
 
 class PCA(VAE):
     def __init__(
-        self, likelihood: Likelihood, image_shape: Sequence[int], latent_dim: int = 10
+        self,
+        likelihood: Likelihood,
+        image_shape: Sequence[int],
+        latent_dim: int = 10,
+        steps_per_call: int = 1,
     ) -> None:
         if not isinstance(likelihood, Gaussian):
             raise ConfigError(
@@ -66,6 +71,9 @@ class PCA(VAE):
         )
         if latent_dim > self.num_dims:
             raise ConfigError(f"model.latent_dim={latent_dim} exceeds the {self.num_dims} pixels")
+        if steps_per_call < 1:
+            raise ConfigError(f"model.steps_per_call must be >= 1, got {steps_per_call}")
+        self.remember(steps_per_call=steps_per_call)  # the datamodule's batches: S batch_size
         self.requires_grad_(False)
         self.automatic_optimization = False
         self.moments = SecondMoments(self.num_dims)
