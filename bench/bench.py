@@ -30,7 +30,8 @@ between two steps (callbacks, loggers, progress bar, the next batch, Lightning's
 `--slope` times what users run end to end (SLOPE: the presets as shipped, with validation,
 callbacks and a CSV logger) for two epoch counts, and takes the time per epoch as the slope
 between them, so that start-up and exit cancel; beside it the same slope of the plain loop
-(default Adam, a permutation an epoch, torch.bernoulli per batch) on the same nets and data.
+(default Adam at the preset's settings, a permutation an epoch, torch.bernoulli per batch) on the
+same nets and data.
 For the presets whose model the bench has not written by hand (MODULE: VampPrior, IAF, two
 stochastic layers, the Locatello et al. objectives, M2) the plain loop is loop (m): the same
 loop around the preset's own model, its `draw` and `training_loss` (M2: its training step, with
@@ -54,13 +55,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import lightning
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -131,6 +133,7 @@ MODULE = {
 }
 Loss = Callable[[nn.Module, Tensor], Tensor]  # a plain loop's loss of the nets on a batch
 CPU_KERNELS = ("channels_last", "native_output")  # the conv nets' options a hand-written loop lacks
+ADAM_IMPLEMENTATION = ("_target_", "_partial_", "fused", "foreach", "capturable")
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},
@@ -514,20 +517,29 @@ def breakdown(name: str, args: argparse.Namespace, device: torch.device) -> None
     print(f"  {'total':<10} {sum(vaelab.values()):>8.2f} {sum(hand.values()):>15.2f}")
 
 
+def plain_adam(optimizer: DictConfig) -> dict[str, Any]:
+    """The preset's Adam settings (lr, and betas or eps where it sets them) without the choice of
+    implementation (`fused`, `foreach`): the plain loop's default Adam then takes the same
+    steps as the preset's."""
+    settings = OmegaConf.to_container(optimizer, resolve=True)
+    return {key: value for key, value in settings.items() if key not in ADAM_IMPLEMENTATION}
+
+
 def plain_epochs(
     nets: nn.Module,
     images: Tensor,
     epochs: int,
     batch_size: int,
-    lr: float,
+    adam: dict[str, Any],
     binarize: bool,
     loss: Loss = negative_elbo,
 ) -> float:
-    """Seconds of `epochs` epochs of the plain loop: default Adam, a permutation an epoch, each
-    batch indexed by a slice of it (the last partial one dropped), torch.bernoulli per batch.
-    A vaelab model's optimizer takes its parameter groups (FactorVAE: the discriminator's)."""
+    """Seconds of `epochs` epochs of the plain loop: default Adam at the preset's settings
+    (`plain_adam`), a permutation an epoch, each batch indexed by a slice of it (the last
+    partial one dropped), torch.bernoulli per batch. A vaelab model's optimizer takes its
+    parameter groups (FactorVAE: the discriminator's)."""
     groups = nets.parameter_groups() if isinstance(nets, VAE) else nets.parameters()
-    optimizer = torch.optim.Adam(groups, lr=lr)
+    optimizer = torch.optim.Adam(groups, **adam)
     data = images.float() / 255
     start = time.perf_counter()
     for _ in range(epochs):
@@ -554,7 +566,7 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     datamodule.setup()
     train_set = datamodule.datasets["train"]
     images = train_set.images.to(device)  # M2's: the labelled and the unlabelled
-    batch_size, lr = cfg.data.batch_size, cfg.model.optimizer.lr
+    batch_size, adam = cfg.data.batch_size, plain_adam(cfg.model.optimizer)
     binarize = datamodule.binarize == "dynamic"
     loss = negative_elbo
     if cfg.model.objective == "iwae":
@@ -569,10 +581,10 @@ def slope(name: str, args: argparse.Namespace, device: torch.device) -> None:
     def plain(epochs: int, folder: Path) -> float:
         if name not in MODULE:
             nets = build_nets(cfg, datamodule.image_shape, device, by_hand=True)
-            return plain_epochs(nets, images, epochs, batch_size, lr, binarize, loss)
+            return plain_epochs(nets, images, epochs, batch_size, adam, binarize, loss)
         model = own_model(cfg, train_set).to(device)
         own = module_loss(model, train_set.to(device), binarize)
-        return plain_epochs(model, images, epochs, batch_size, lr, binarize, own)
+        return plain_epochs(model, images, epochs, batch_size, adam, binarize, own)
 
     def rate(run: Callable[[int, Path], float]) -> Callable[[Path], float]:
         """Samples/s of an epoch, from the runs of `short` and `long` epochs."""

@@ -115,8 +115,31 @@ def test_module_loop_steps_every_parameter_of_the_presets_model(tmp_path, experi
     before = [p.detach().clone() for p in model.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Lightning warns on self.log without a Trainer
-        bench.plain_epochs(model, images, 1, 8, 1e-3, binarize=True, loss=loss)
+        bench.plain_epochs(model, images, 1, 8, {"lr": 1e-3}, binarize=True, loss=loss)
     assert all((p != b).any() for p, b in zip(model.parameters(), before, strict=True))
+
+
+def test_plain_loops_adam_takes_the_presets_steps(tmp_path):
+    """The plain loop's default Adam at `plain_adam`'s settings steps as the preset's fused Adam
+    (family_mnist_short: eps 1e-4), where gradients near eps make Adam's default eps differ."""
+    cfg = make_cfg(tmp_path, ["experiment=family_mnist_short"])
+    adam = bench.plain_adam(cfg.model.optimizer)
+    assert "fused" not in adam and adam["eps"] == 1e-4
+    gradient = torch.logspace(-6, -2, 50)
+    moved = {}
+    for name, make in {
+        "preset": instantiate(cfg.model.optimizer),
+        "plain": lambda params: torch.optim.Adam(params, **adam),
+        "default eps": lambda params: torch.optim.Adam(params, lr=adam["lr"]),
+    }.items():
+        weight = nn.Parameter(torch.zeros(50))
+        optimizer = make(params=[weight])
+        for _ in range(3):
+            weight.grad = gradient.clone()
+            optimizer.step()
+        moved[name] = weight.detach()
+    torch.testing.assert_close(moved["plain"], moved["preset"], rtol=1e-6, atol=1e-12)
+    assert not torch.allclose(moved["default eps"], moved["preset"], rtol=1e-2)
 
 
 def test_preset_checkpoint_keeps_the_time_of_the_steps_after_the_warm_up(tmp_path):
