@@ -214,6 +214,7 @@ def test_cli_output_is_the_summary_the_progress_bar_and_no_unactionable_lines(tm
     first_screen = "\n".join(lines[:40])
     assert f"run folder  {run}" in first_screen
     assert "latent_dim=10" in first_screen and "SpritesDataModule" in first_screen
+    assert "steps_per_call=1  flush_denormal=True" in first_screen
     assert "Epoch 0/0" in first_screen  # the progress bar
 
 

@@ -57,7 +57,9 @@ def print_config_summary(cfg: DictConfig, run_folder: Path) -> None:
         "model": f"{short_name(model)}  " + " ".join(parts),
         "data": f"{short_name(data)}  batch_size={data.get('batch_size')}",
         "trainer": f"{trainer.get('accelerator')} x {trainer.get('devices')}  {length}  "
-        f"precision={trainer.get('precision')}  seed={cfg.get('seed')}",
+        f"precision={trainer.get('precision')}  seed={cfg.get('seed')}  "
+        f"steps_per_call={model.get('steps_per_call', 1)}  "
+        f"flush_denormal={cfg.get('flush_denormal', True)}",
         "logger": loggers or "none",
         "run folder": str(run_folder),
     }
