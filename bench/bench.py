@@ -133,7 +133,7 @@ MODULE = {
 }
 Loss = Callable[[nn.Module, Tensor], Tensor]  # a plain loop's loss of the nets on a batch
 CPU_KERNELS = ("channels_last", "native_output")  # the conv nets' options a hand-written loop lacks
-ADAM_IMPLEMENTATION = ("_target_", "_partial_", "fused", "foreach", "capturable")
+ADAM_IMPLEMENTATION = ("_target_", "_partial_", "fused", "foreach", "capturable")  # not settings
 ADAM_VARIANTS = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},

@@ -99,6 +99,8 @@ def test_pca_refuses_a_bernoulli_decoder_and_too_many_dimensions():
         PCA(Bernoulli(), SHAPE, latent_dim=3)
     with pytest.raises(ConfigError, match="exceeds"):
         PCA(Gaussian(0.1), SHAPE, latent_dim=17)
+    with pytest.raises(ConfigError, match="steps_per_call must be >= 1"):
+        PCA(Gaussian(0.1), SHAPE, latent_dim=3, steps_per_call=0)
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,8 @@ class SecondMoments(Metric):
 
 
 class PCA(VAE):
+    step_takes_any_batch = True  # a call's S batches add the same moments as S calls
+
     def __init__(
         self,
         likelihood: Likelihood,
@@ -67,13 +69,16 @@ class PCA(VAE):
                 "model=pca decodes to pixel means: use model/likelihood=gaussian (fixed variance)"
             )
         super().__init__(
-            LinearEncoder, LinearDecoder, likelihood, image_shape, latent_dim, stochastic=False
+            LinearEncoder,
+            LinearDecoder,
+            likelihood,
+            image_shape,
+            latent_dim,
+            stochastic=False,
+            steps_per_call=steps_per_call,  # the datamodule's batches: S data.batch_size
         )
         if latent_dim > self.num_dims:
             raise ConfigError(f"model.latent_dim={latent_dim} exceeds the {self.num_dims} pixels")
-        if steps_per_call < 1:
-            raise ConfigError(f"model.steps_per_call must be >= 1, got {steps_per_call}")
-        self.remember(steps_per_call=steps_per_call)  # the datamodule's batches: S batch_size
         self.requires_grad_(False)
         self.automatic_optimization = False
         self.moments = SecondMoments(self.num_dims)

@@ -83,6 +83,7 @@ def iwae_bound(log_weights: Tensor) -> Tensor:
 class VAE(LightningModule):
     has_nll = True  # evaluate.py estimates its log p(x) by importance sampling
     semi_supervised = False  # trains on partly labelled batches (data.num_labels)
+    step_takes_any_batch = False  # its own training_step takes a call's S batches as one (PCA)
 
     def __init__(
         self,
@@ -129,7 +130,8 @@ class VAE(LightningModule):
             raise ConfigError(f"model.free_bits must be >= 0 nats, got {free_bits}")
         if steps_per_call < 1:
             raise ConfigError(f"model.steps_per_call must be >= 1, got {steps_per_call}")
-        if steps_per_call > 1 and type(self).training_step is not VAE.training_step:
+        own_step = type(self).training_step is not VAE.training_step
+        if steps_per_call > 1 and own_step and not self.step_takes_any_batch:
             raise ConfigError(
                 f"model.steps_per_call > 1 runs the VAE's own training step, and "
                 f"{type(self).__name__} has its own: set model.steps_per_call=1"
